@@ -1,0 +1,1 @@
+//! multistream (in progress)

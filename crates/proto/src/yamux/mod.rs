@@ -1,0 +1,1 @@
+//! yamux (in progress)

@@ -1,0 +1,5 @@
+//! Wire formats of circuit: pure functions and plain data, no I/O and no state.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod pb;
