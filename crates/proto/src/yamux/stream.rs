@@ -1,0 +1,102 @@
+//! Per-stream state kept by the session.
+
+use std::collections::VecDeque;
+
+use super::frame::Flags;
+
+/// State of one stream. Buffers are bounded: `recv_buf` by the receive window (the session
+/// rejects data beyond it) and `send_buf` by `Config::max_send_buffer`.
+#[derive(Debug, Default)]
+pub(crate) struct Stream {
+    /// Received, not yet read bytes.
+    pub recv_buf: VecDeque<u8>,
+    /// Bytes the peer may still send us.
+    pub recv_window: u32,
+    /// Bytes read by the application but not yet returned to the peer as window.
+    pub unacked_read: u32,
+    /// Window delta to announce in the next Window Update.
+    pub pending_window_update: u32,
+    /// Peer sent FIN.
+    pub remote_fin: bool,
+
+    /// Accepted, not yet transmitted bytes.
+    pub send_buf: VecDeque<u8>,
+    /// Bytes we may still send (peer's window for us).
+    pub send_window: u32,
+    /// `stream_finish` was called; FIN goes out after `send_buf` drains.
+    pub fin_pending: bool,
+    /// FIN was transmitted.
+    pub fin_sent: bool,
+
+    /// SYN or ACK that must ride on the next frame we send for this stream.
+    pub pending_flags: Flags,
+    /// Outbound stream not yet ACKed by the peer (counts against the ACK backlog).
+    pub awaiting_ack: bool,
+    /// Reset by either side (or session failure).
+    pub reset: bool,
+    /// The application dropped its handle; incoming data is discarded.
+    pub released: bool,
+
+    /// A `Readable` event was emitted and no `stream_read` happened since.
+    pub read_notified: bool,
+    /// The last `stream_write` could not take everything.
+    pub write_blocked: bool,
+    /// The id is in the session's data round-robin queue.
+    pub in_send_queue: bool,
+    /// The id is in the session's stream-control queue.
+    pub in_ctrl_queue: bool,
+}
+
+impl Stream {
+    /// A stream with the given windows.
+    pub fn new(recv_window: u32, send_window: u32, pending_flags: Flags) -> Stream {
+        Stream {
+            recv_window,
+            send_window,
+            pending_flags,
+            ..Stream::default()
+        }
+    }
+
+    /// Whether the data phase of `poll_transmit` can emit a frame for this stream now.
+    pub fn has_sendable(&self) -> bool {
+        !self.reset
+            && ((self.send_window > 0 && !self.send_buf.is_empty())
+                || (self.fin_pending && self.send_buf.is_empty()))
+    }
+
+    /// Whether the stream needs a non-data frame (window update, or SYN/ACK that cannot ride
+    /// on data soon).
+    pub fn has_control(&self) -> bool {
+        !self.reset && (self.pending_window_update > 0 || !self.pending_flags.is_empty())
+    }
+
+    /// Whether nothing more will ever be exchanged, so a released stream can be forgotten.
+    pub fn is_finished(&self) -> bool {
+        self.reset || (self.fin_sent && self.remote_fin)
+    }
+
+    /// Returns `n` consumed bytes to the window accounting; true if a Window Update is now
+    /// due (at least `threshold` bytes consumed and the peer may still send).
+    pub fn credit(&mut self, n: u32, threshold: u32) -> bool {
+        self.unacked_read = self.unacked_read.saturating_add(n);
+        if self.remote_fin || self.unacked_read < threshold {
+            return false;
+        }
+        self.recv_window = self.recv_window.saturating_add(self.unacked_read);
+        self.pending_window_update = self.pending_window_update.saturating_add(self.unacked_read);
+        self.unacked_read = 0;
+        true
+    }
+
+    /// Drops buffers and pending work after a reset.
+    pub fn clear_for_reset(&mut self) {
+        self.reset = true;
+        self.recv_buf = VecDeque::new();
+        self.send_buf = VecDeque::new();
+        self.fin_pending = false;
+        self.pending_window_update = 0;
+        self.pending_flags = Flags::NONE;
+        self.awaiting_ack = false;
+    }
+}

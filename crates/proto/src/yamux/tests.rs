@@ -1,0 +1,1 @@
+//! Tests: two sessions wired back to back.
