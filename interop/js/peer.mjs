@@ -21,7 +21,11 @@ import { createLibp2p } from 'libp2p'
 const PIPE_PROTOCOL = '/circuit/pipe/1.0.0'
 const PING_PROTOCOL = '/ipfs/ping/1.0.0'
 const PING_LENGTH = 32
-const DIAL_TIMEOUT_MS = 60_000
+// Whole-run bound for `dial`; the env override exists only so the timeout path
+// itself can be exercised quickly (see README.md).
+const DIAL_TIMEOUT_MS = Number.parseInt(process.env.JS_PEER_DIAL_TIMEOUT_MS ?? '', 10) > 0
+  ? Number.parseInt(process.env.JS_PEER_DIAL_TIMEOUT_MS, 10)
+  : 60_000
 // Effectively "no limit" for the data limit when only a duration flag is
 // given: the js relay cannot express "duration limit but no data limit" (it
 // always sends both fields, and enforces data = 0 as "zero bytes allowed").
@@ -382,7 +386,8 @@ async function runDial (argv) {
     out('ERROR timeout')
     exit(2)
   }, DIAL_TIMEOUT_MS)
-  const signal = AbortSignal.timeout(DIAL_TIMEOUT_MS)
+  // Backstop only: the timer above must win so the exit code is 2.
+  const signal = AbortSignal.timeout(DIAL_TIMEOUT_MS + 5_000)
 
   const node = await createLibp2p({
     ...baseOptions(),
@@ -395,7 +400,9 @@ async function runDial (argv) {
 
   const conn = await node.dial(target, { signal })
   out(`CONNECTED ${conn.remotePeer}`)
-  log(`connection ${conn.remoteAddr} limits=${JSON.stringify(conn.limits ?? null, (_k, v) => typeof v === 'bigint' ? v.toString() : v)}`)
+  // conn.limits exposes getters (bytes left, seconds left) or is undefined for
+  // an unlimited connection.
+  log(`connection ${conn.remoteAddr} limits: ${conn.limits == null ? 'none' : `bytes=${conn.limits.bytes} seconds=${conn.limits.seconds}`}`)
   await doPings(conn, pings, signal)
   await doPipe(conn, bytes, signal)
 
