@@ -2,4 +2,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod addr;
+pub mod envelope;
+pub mod frame;
+pub mod keys;
 pub mod pb;
+pub mod record;
+pub mod varint;

@@ -17,6 +17,17 @@ pub mod keys {
         #[prost(bytes = "vec", required, tag = "2")]
         pub data: Vec<u8>,
     }
+
+    /// A serialized libp2p private key (`PrivateKey` message), as in key files.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PrivateKey {
+        /// Key type: 0 RSA, 1 Ed25519, 2 Secp256k1, 3 ECDSA.
+        #[prost(int32, required, tag = "1")]
+        pub r#type: i32,
+        /// Key bytes, encoding depends on the type.
+        #[prost(bytes = "vec", required, tag = "2")]
+        pub data: Vec<u8>,
+    }
 }
 
 /// Circuit relay v2 (`/libp2p/circuit/relay/0.2.0/{hop,stop}`).
