@@ -1,1 +1,652 @@
-//! Tests: two sessions wired back to back.
+//! Tests: two sessions wired back to back, plus byte-level checks.
+
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// Client and server sessions plus a transport that moves bytes in `chunk`-sized pieces.
+struct Pair {
+    c: Session,
+    s: Session,
+    now: Instant,
+    chunk: usize,
+    max: usize,
+}
+
+impl Pair {
+    fn new(chunk: usize) -> Pair {
+        Pair::with_configs(chunk, Config::default(), Config::default())
+    }
+
+    fn with_configs(chunk: usize, c: Config, s: Config) -> Pair {
+        Pair {
+            c: Session::new(Mode::Client, c),
+            s: Session::new(Mode::Server, s),
+            now: Instant::now(),
+            chunk,
+            max: 64 * 1024,
+        }
+    }
+
+    /// Shuttles bytes both ways until neither side has anything to send.
+    fn pump(&mut self) {
+        loop {
+            let a = transfer(&mut self.c, &mut self.s, self.chunk, self.max, self.now);
+            let b = transfer(&mut self.s, &mut self.c, self.chunk, self.max, self.now);
+            if a + b == 0 {
+                break;
+            }
+        }
+    }
+}
+
+fn transfer(from: &mut Session, to: &mut Session, chunk: usize, max: usize, now: Instant) -> usize {
+    let mut out = Vec::new();
+    let n = from.poll_transmit(&mut out, max);
+    assert_eq!(n, out.len());
+    for piece in out.chunks(chunk.max(1)) {
+        to.handle_input(piece, now).expect("peer input is valid");
+    }
+    n
+}
+
+fn events(s: &mut Session) -> Vec<Event> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+/// Reads everything currently available; returns the bytes and whether EOF was seen.
+fn read_available(s: &mut Session, id: StreamId) -> (Vec<u8>, bool) {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.stream_read(id, &mut buf) {
+            Ok(0) => return (all, true),
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(StreamError::WouldBlock) => return (all, false),
+            Err(e) => panic!("unexpected read error {e:?}"),
+        }
+    }
+}
+
+/// Decodes a sequence of whole frames into (header, payload length) pairs.
+fn frames(mut bytes: &[u8]) -> Vec<Header> {
+    let mut v = Vec::new();
+    while !bytes.is_empty() {
+        let h = Header::decode(bytes[..HEADER_LEN].try_into().unwrap()).unwrap();
+        let body = if h.frame_type == FrameType::Data {
+            h.length as usize
+        } else {
+            0
+        };
+        bytes = &bytes[HEADER_LEN + body..];
+        v.push(h);
+    }
+    v
+}
+
+#[test]
+fn header_bytes_match_spec() {
+    let h = Header::window_update(1, 0, Flags::SYN);
+    assert_eq!(
+        h.encode().to_vec(),
+        hex::decode("000100010000000100000000").unwrap()
+    );
+    assert_eq!(Header::decode(&h.encode()).unwrap(), h);
+    let ping_ack = Header::ping(Flags::ACK, 0xdead_beef);
+    assert_eq!(hex::encode(ping_ack.encode()), "0002000200000000deadbeef");
+    // A fresh client stream announces itself with exactly that Window Update.
+    let mut c = Session::new(Mode::Client, Config::default());
+    assert_eq!(c.open_stream().unwrap(), 1);
+    let mut out = Vec::new();
+    assert_eq!(c.poll_transmit(&mut out, 1024), 12);
+    assert_eq!(hex::encode(&out), "000100010000000100000000");
+}
+
+#[test]
+fn server_ids_are_even_client_ids_odd() {
+    let mut p = Pair::new(7);
+    assert_eq!(p.c.open_stream().unwrap(), 1);
+    assert_eq!(p.c.open_stream().unwrap(), 3);
+    assert_eq!(p.s.open_stream().unwrap(), 2);
+    assert_eq!(p.s.open_stream().unwrap(), 4);
+    p.pump();
+    assert_eq!(
+        events(&mut p.s),
+        vec![Event::InboundStream(1), Event::InboundStream(3)]
+    );
+    assert_eq!(
+        events(&mut p.c),
+        vec![Event::InboundStream(2), Event::InboundStream(4)]
+    );
+}
+
+#[test]
+fn open_accept_and_bidirectional_data_one_byte_chunks() {
+    let mut p = Pair::new(1);
+    let id = p.c.open_stream().unwrap();
+    assert_eq!(p.c.stream_write(id, b"hello").unwrap(), 5);
+    p.pump();
+    assert_eq!(
+        events(&mut p.s),
+        vec![Event::InboundStream(id), Event::Readable(id)]
+    );
+    assert_eq!(read_available(&mut p.s, id), (b"hello".to_vec(), false));
+    assert_eq!(p.s.stream_write(id, b"world!").unwrap(), 6);
+    p.pump();
+    assert_eq!(events(&mut p.c), vec![Event::Readable(id)]);
+    assert_eq!(read_available(&mut p.c, id), (b"world!".to_vec(), false));
+}
+
+#[test]
+fn syn_rides_on_first_data_frame() {
+    let mut c = Session::new(Mode::Client, Config::default());
+    let id = c.open_stream().unwrap();
+    c.stream_write(id, b"abc").unwrap();
+    let mut out = Vec::new();
+    c.poll_transmit(&mut out, 1024);
+    assert_eq!(
+        frames(&out),
+        vec![Header::data(id, 3, Flags::SYN)],
+        "one Data frame with SYN, no separate Window Update"
+    );
+}
+
+#[test]
+fn fin_half_close_both_ways() {
+    let mut p = Pair::new(5);
+    let id = p.c.open_stream().unwrap();
+    p.c.stream_write(id, b"request").unwrap();
+    p.c.stream_finish(id);
+    assert_eq!(p.c.stream_write(id, b"x"), Err(StreamError::Closed));
+    p.pump();
+    events(&mut p.s);
+    assert_eq!(read_available(&mut p.s, id), (b"request".to_vec(), true));
+    // Half-closed: the server can still answer.
+    p.s.stream_write(id, b"response").unwrap();
+    p.s.stream_finish(id);
+    p.pump();
+    assert_eq!(read_available(&mut p.c, id), (b"response".to_vec(), true));
+    p.c.stream_release(id);
+    p.s.stream_release(id);
+    p.pump();
+    assert_eq!(p.c.num_streams(), 0);
+    assert_eq!(p.s.num_streams(), 0);
+}
+
+#[test]
+fn release_after_finish_still_delivers_buffered_data() {
+    let mut p = Pair::new(1000);
+    let id = p.c.open_stream().unwrap();
+    p.pump();
+    let data = vec![7u8; 100_000];
+    assert_eq!(p.s.stream_write(id, &data).unwrap(), data.len());
+    p.s.stream_finish(id);
+    p.s.stream_release(id);
+    p.pump();
+    assert_eq!(read_available(&mut p.c, id), (data, true));
+    // The server keeps the stream until the client's side ends too.
+    assert_eq!(p.s.num_streams(), 1);
+    p.c.stream_finish(id);
+    p.pump();
+    assert_eq!(p.s.num_streams(), 0);
+}
+
+#[test]
+fn release_without_finish_resets() {
+    let mut p = Pair::new(3);
+    let id = p.c.open_stream().unwrap();
+    p.c.stream_write(id, b"x").unwrap();
+    p.pump();
+    events(&mut p.s);
+    p.s.stream_release(id);
+    assert_eq!(p.s.num_streams(), 0);
+    p.pump();
+    assert!(events(&mut p.c).contains(&Event::StreamReset(id)));
+}
+
+#[test]
+fn reset_is_seen_by_peer() {
+    let mut p = Pair::new(2);
+    let id = p.c.open_stream().unwrap();
+    p.c.stream_write(id, b"data").unwrap();
+    p.pump();
+    events(&mut p.s);
+    p.s.stream_reset(id);
+    assert_eq!(p.s.stream_read(id, &mut [0; 8]), Err(StreamError::Reset));
+    p.pump();
+    let ev = events(&mut p.c);
+    assert!(ev.contains(&Event::StreamReset(id)), "{ev:?}");
+    assert_eq!(p.c.stream_read(id, &mut [0; 8]), Err(StreamError::Reset));
+    assert_eq!(p.c.stream_write(id, b"more"), Err(StreamError::Reset));
+    p.c.stream_release(id);
+    p.s.stream_release(id);
+    assert_eq!((p.c.num_streams(), p.s.num_streams()), (0, 0));
+    // Data racing with the reset is discarded without error.
+    assert_eq!(p.c.stream_read(id, &mut [0; 8]), Err(StreamError::Unknown));
+}
+
+#[test]
+fn reset_before_announcement_sends_nothing() {
+    let mut c = Session::new(Mode::Client, Config::default());
+    let id = c.open_stream().unwrap();
+    c.stream_reset(id);
+    c.stream_release(id);
+    let mut out = Vec::new();
+    assert_eq!(c.poll_transmit(&mut out, 1024), 0);
+    assert_eq!(c.num_streams(), 0);
+}
+
+#[test]
+fn flow_control_blocks_at_window_until_reader_reads() {
+    let mut cfg = Config::default();
+    cfg.max_send_buffer = 1024 * 1024;
+    let mut p = Pair::with_configs(4096, cfg, Config::default());
+    let id = p.c.open_stream().unwrap();
+    let data: Vec<u8> = (0..512 * 1024).map(|i| (i % 251) as u8).collect();
+    assert_eq!(p.c.stream_write(id, &data).unwrap(), data.len());
+    p.pump();
+    // Exactly one window's worth crossed.
+    assert_eq!(p.c.stream_send_buffered(id), data.len() - 256 * 1024);
+    let mut got = vec![0u8; 64 * 1024];
+    assert_eq!(p.s.stream_read(id, &mut got).unwrap(), 64 * 1024);
+    let mut out = Vec::new();
+    assert_eq!(
+        p.s.poll_transmit(&mut out, 1 << 20),
+        0,
+        "no update below half"
+    );
+    let mut received = got.clone();
+    assert_eq!(p.s.stream_read(id, &mut got).unwrap(), 64 * 1024);
+    received.extend_from_slice(&got);
+    p.pump(); // window update for 128 KiB, then 128 KiB more data
+    assert_eq!(p.c.stream_send_buffered(id), data.len() - 384 * 1024);
+    while received.len() < data.len() {
+        let (chunk, eof) = read_available(&mut p.s, id);
+        assert!(!eof);
+        received.extend_from_slice(&chunk);
+        p.pump();
+    }
+    assert_eq!(received, data);
+}
+
+#[test]
+fn writer_blocks_on_full_buffer_and_gets_writable() {
+    let mut p = Pair::new(65536);
+    let id = p.c.open_stream().unwrap();
+    let big = vec![1u8; 256 * 1024];
+    assert_eq!(p.c.stream_write(id, &big).unwrap(), big.len());
+    p.pump(); // fills the peer's window entirely
+    assert_eq!(p.c.stream_write(id, &big).unwrap(), big.len());
+    assert_eq!(p.c.stream_write(id, b"x"), Err(StreamError::WouldBlock));
+    p.pump();
+    assert!(
+        events(&mut p.c).is_empty(),
+        "window is closed, nothing moves"
+    );
+    assert_eq!(p.c.stream_send_buffered(id), big.len());
+    // Reader consumes; Window Update unblocks; transmission frees buffer => Writable.
+    let (got, _) = read_available(&mut p.s, id);
+    assert_eq!(got.len(), big.len());
+    p.pump();
+    assert_eq!(events(&mut p.c), vec![Event::Writable(id)]);
+    assert_eq!(p.c.stream_write(id, b"x"), Ok(1));
+}
+
+#[test]
+fn partial_write_reports_writable_later() {
+    let mut cfg = Config::default();
+    cfg.max_send_buffer = 10;
+    let mut p = Pair::with_configs(100, cfg, Config::default());
+    let id = p.c.open_stream().unwrap();
+    assert_eq!(p.c.stream_write(id, &[0u8; 25]), Ok(10));
+    p.pump();
+    assert_eq!(events(&mut p.c), vec![Event::Writable(id)]);
+    assert_eq!(p.c.stream_write(id, &[0u8; 5]), Ok(5));
+    p.pump();
+    assert!(
+        events(&mut p.c).is_empty(),
+        "no flood without a blocked write"
+    );
+}
+
+#[test]
+fn ping_pong_reports_rtt() {
+    let mut p = Pair::new(1);
+    let t0 = p.now;
+    p.c.ping(t0);
+    p.now = t0 + Duration::from_millis(5);
+    p.pump();
+    assert_eq!(
+        events(&mut p.c),
+        vec![Event::Pong {
+            rtt: Duration::from_millis(5)
+        }]
+    );
+    assert!(events(&mut p.s).is_empty());
+}
+
+#[test]
+fn pong_with_wrong_value_is_ignored() {
+    let mut c = Session::new(Mode::Client, Config::default());
+    let now = Instant::now();
+    c.ping(now);
+    let mut out = Vec::new();
+    c.poll_transmit(&mut out, 100);
+    let sent = frames(&out)[0];
+    let wrong = Header::ping(Flags::ACK, sent.length.wrapping_add(1)).encode();
+    c.handle_input(&wrong, now).unwrap();
+    assert_eq!(c.poll_event(), None);
+    c.handle_input(&Header::ping(Flags::ACK, sent.length).encode(), now)
+        .unwrap();
+    assert!(matches!(c.poll_event(), Some(Event::Pong { .. })));
+}
+
+#[test]
+fn go_away_refuses_new_streams_but_keeps_old_ones() {
+    let mut p = Pair::new(3);
+    let id = p.c.open_stream().unwrap();
+    p.pump();
+    p.c.go_away(GO_AWAY_NORMAL);
+    assert_eq!(p.c.open_stream(), Err(Error::GoneAway));
+    p.pump();
+    assert!(events(&mut p.s).contains(&Event::GoAway(GO_AWAY_NORMAL)));
+    assert_eq!(p.s.open_stream(), Err(Error::GoneAway));
+    // The existing stream still works.
+    p.s.stream_write(id, b"still here").unwrap();
+    p.pump();
+    assert_eq!(read_available(&mut p.c, id).0, b"still here");
+    p.s.go_away(GO_AWAY_NORMAL);
+    p.pump();
+    assert!(!p.c.is_closed(), "a stream is still open");
+    p.c.stream_finish(id);
+    p.s.stream_finish(id);
+    p.pump();
+    p.c.stream_release(id);
+    p.s.stream_release(id);
+    assert!(p.c.is_closed() && p.s.is_closed());
+}
+
+#[test]
+fn inbound_syn_after_our_go_away_is_reset() {
+    let mut p = Pair::new(16);
+    p.s.go_away(GO_AWAY_NORMAL);
+    let id = p.c.open_stream().unwrap(); // before the Go Away arrives
+    p.c.stream_write(id, b"hi").unwrap();
+    p.pump();
+    let ev = events(&mut p.c);
+    assert!(ev.contains(&Event::StreamReset(id)), "{ev:?}");
+    assert_eq!(p.s.num_streams(), 0);
+}
+
+#[test]
+fn too_many_streams_are_reset() {
+    let mut scfg = Config::default();
+    scfg.max_streams = 2;
+    let mut p = Pair::with_configs(9, Config::default(), scfg);
+    let ids: Vec<_> = (0..3).map(|_| p.c.open_stream().unwrap()).collect();
+    for &id in &ids {
+        p.c.stream_write(id, b"payload").unwrap();
+    }
+    p.pump();
+    let inbound: Vec<_> = events(&mut p.s)
+        .into_iter()
+        .filter(|e| matches!(e, Event::InboundStream(_)))
+        .collect();
+    assert_eq!(
+        inbound,
+        vec![Event::InboundStream(ids[0]), Event::InboundStream(ids[1])]
+    );
+    let ev = events(&mut p.c);
+    assert!(ev.contains(&Event::StreamReset(ids[2])), "{ev:?}");
+    assert!(!ev.contains(&Event::StreamReset(ids[0])));
+    assert_eq!(
+        p.c.stream_read(ids[2], &mut [0; 4]),
+        Err(StreamError::Reset)
+    );
+}
+
+#[test]
+fn ack_backlog_limits_unacked_outbound_streams() {
+    let mut ccfg = Config::default();
+    ccfg.max_ack_backlog = 2;
+    let mut p = Pair::with_configs(12, ccfg, Config::default());
+    p.c.open_stream().unwrap();
+    p.c.open_stream().unwrap();
+    assert_eq!(p.c.open_stream(), Err(Error::AckBacklogFull));
+    p.pump(); // server ACKs both
+    assert!(p.c.open_stream().is_ok());
+}
+
+#[test]
+fn malformed_header_is_a_protocol_error_with_go_away() {
+    let now = Instant::now();
+    let mut s = Session::new(Mode::Server, Config::default());
+    let bad_version = [1u8, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0];
+    assert_eq!(
+        s.handle_input(&bad_version, now),
+        Err(Error::Protocol(ProtocolError::UnsupportedVersion(1)))
+    );
+    assert!(s.is_closed());
+    let mut out = Vec::new();
+    s.poll_transmit(&mut out, 100);
+    assert_eq!(hex::encode(&out), "000300000000000000000001");
+    assert!(s.handle_input(&[0], now).is_err(), "stays failed");
+
+    let mut s = Session::new(Mode::Server, Config::default());
+    let bad_type = [0u8, 9, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0];
+    // Split mid-header: the error surfaces once the header is complete.
+    assert_eq!(s.handle_input(&bad_type[..5], now), Ok(()));
+    assert_eq!(
+        s.handle_input(&bad_type[5..], now),
+        Err(Error::Protocol(ProtocolError::UnknownFrameType(9)))
+    );
+}
+
+#[test]
+fn syn_with_wrong_parity_or_duplicate_is_rejected() {
+    let now = Instant::now();
+    let mut s = Session::new(Mode::Server, Config::default());
+    let own_parity = Header::window_update(2, 0, Flags::SYN).encode();
+    assert_eq!(
+        s.handle_input(&own_parity, now),
+        Err(Error::Protocol(ProtocolError::InvalidStreamId(2)))
+    );
+    let mut s = Session::new(Mode::Server, Config::default());
+    let syn = Header::window_update(1, 0, Flags::SYN).encode();
+    s.handle_input(&syn, now).unwrap();
+    assert_eq!(
+        s.handle_input(&syn, now),
+        Err(Error::Protocol(ProtocolError::DuplicateStream(1)))
+    );
+}
+
+#[test]
+fn data_beyond_window_is_a_protocol_error() {
+    let now = Instant::now();
+    let mut s = Session::new(Mode::Server, Config::default());
+    let mut input = Header::data(1, 200 * 1024, Flags::SYN).encode().to_vec();
+    input.extend(std::iter::repeat(0u8).take(200 * 1024));
+    s.handle_input(&input, now).unwrap();
+    // 56 KiB left; 57 KiB is too much (no read happened, so no update was granted).
+    let over = Header::data(1, 57 * 1024, Flags::NONE).encode();
+    assert_eq!(
+        s.handle_input(&over, now),
+        Err(Error::Protocol(ProtocolError::WindowExceeded {
+            stream: 1,
+            len: 57 * 1024,
+            window: 56 * 1024
+        }))
+    );
+    let mut out = Vec::new();
+    s.poll_transmit(&mut out, 1000);
+    assert_eq!(frames(&out), vec![Header::go_away(GO_AWAY_PROTOCOL_ERROR)]);
+    assert_eq!(s.poll_event(), Some(Event::InboundStream(1)));
+    assert_eq!(s.poll_event(), Some(Event::Readable(1)));
+    assert_eq!(s.poll_event(), Some(Event::StreamReset(1)));
+}
+
+#[test]
+fn data_for_unknown_stream_is_discarded() {
+    let now = Instant::now();
+    let mut s = Session::new(Mode::Server, Config::default());
+    let mut input = Header::data(5, 3, Flags::NONE).encode().to_vec();
+    input.extend_from_slice(b"xyz");
+    // A valid frame follows and must still parse.
+    input.extend_from_slice(&Header::ping(Flags::SYN, 42).encode());
+    s.handle_input(&input, now).unwrap();
+    assert_eq!(s.num_streams(), 0);
+    let mut out = Vec::new();
+    s.poll_transmit(&mut out, 100);
+    assert_eq!(frames(&out), vec![Header::ping(Flags::ACK, 42)]);
+}
+
+#[test]
+fn busy_streams_interleave_fairly() {
+    let mut c = Session::new(Mode::Client, Config::default());
+    let a = c.open_stream().unwrap();
+    let b = c.open_stream().unwrap();
+    c.stream_write(a, &[1u8; 200 * 1024]).unwrap();
+    c.stream_write(b, &[2u8; 200 * 1024]).unwrap();
+    let mut out = Vec::new();
+    c.poll_transmit(&mut out, 128 * 1024);
+    let ids: Vec<_> = frames(&out)
+        .into_iter()
+        .filter(|h| h.frame_type == FrameType::Data)
+        .map(|h| h.stream_id)
+        .collect();
+    assert!(ids.len() >= 6, "{ids:?}");
+    for pair in ids.windows(2) {
+        assert_ne!(pair[0], pair[1], "round robin alternates: {ids:?}");
+    }
+    assert!(out.len() <= 128 * 1024 + HEADER_LEN + 16 * 1024);
+}
+
+#[test]
+fn control_frames_go_before_bulk_data() {
+    let mut c = Session::new(Mode::Client, Config::default());
+    let a = c.open_stream().unwrap();
+    c.stream_write(a, &[1u8; 100 * 1024]).unwrap();
+    let mut out = Vec::new();
+    c.poll_transmit(&mut out, 20 * 1024);
+    c.ping(Instant::now());
+    out.clear();
+    c.poll_transmit(&mut out, 20 * 1024);
+    assert_eq!(frames(&out)[0].frame_type, FrameType::Ping);
+}
+
+#[test]
+fn poll_transmit_respects_max() {
+    let mut c = Session::new(Mode::Client, Config::default());
+    let a = c.open_stream().unwrap();
+    c.stream_write(a, &[1u8; 100 * 1024]).unwrap();
+    let mut out = Vec::new();
+    let n = c.poll_transmit(&mut out, 5000);
+    assert_eq!(n, 5000, "data frame is fitted to the room left");
+    let n2 = c.poll_transmit(&mut out, 5000);
+    assert_eq!(n2, 0, "out is already full");
+}
+
+#[test]
+fn keepalive_pings_when_idle_and_times_out() {
+    let mut cfg = Config::default();
+    cfg.keepalive_interval = Some(Duration::from_secs(10));
+    let mut c = Session::new(Mode::Client, cfg);
+    let t0 = Instant::now();
+    c.handle_timeout(t0);
+    assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+    c.handle_timeout(t0 + Duration::from_secs(10));
+    let mut out = Vec::new();
+    c.poll_transmit(&mut out, 100);
+    assert_eq!(frames(&out), vec![Header::ping(Flags::SYN, 1)]);
+    // Input postpones the timeout.
+    c.handle_input(&[], t0 + Duration::from_secs(15)).unwrap();
+    c.handle_timeout(t0 + Duration::from_secs(20));
+    assert!(!c.is_closed());
+    c.handle_timeout(t0 + Duration::from_secs(25));
+    assert!(c.is_closed());
+    assert_eq!(c.error(), Some(&Error::KeepaliveTimeout));
+}
+
+#[test]
+fn larger_configured_window_is_announced_with_syn() {
+    let mut cfg = Config::default();
+    cfg.initial_window = 1024 * 1024;
+    let mut p = Pair::with_configs(1 << 16, Config::default(), cfg);
+    let id = p.s.open_stream().unwrap();
+    let mut out = Vec::new();
+    p.s.poll_transmit(&mut out, 1000);
+    assert_eq!(
+        frames(&out),
+        vec![Header::window_update(id, 768 * 1024, Flags::SYN)]
+    );
+    p.c.handle_input(&out, p.now).unwrap();
+    let mut ccfg_data = vec![0u8; 900 * 1024];
+    ccfg_data[0] = 9;
+    let mut sent = 0;
+    while sent < ccfg_data.len() {
+        sent += p.c.stream_write(id, &ccfg_data[sent..]).unwrap_or(0);
+        p.pump();
+    }
+    assert_eq!(read_available(&mut p.s, id).0, ccfg_data);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn random_chunking_delivers_exact_bytes(
+        writes in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40_000), 1..16),
+        chunk in 1usize..5000,
+        max in 1usize..100_000,
+        read_size in 1usize..70_000,
+    ) {
+        let mut p = Pair::new(chunk);
+        p.max = max;
+        let a = p.c.open_stream().unwrap();
+        let b = p.c.open_stream().unwrap();
+        let expected: Vec<u8> = writes.concat();
+        let mut queue: Vec<&[u8]> = writes.iter().map(|w| w.as_slice()).collect();
+        let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+        let mut buf = vec![0u8; read_size];
+        let mut finished = false;
+        let mut eof = (false, false);
+        for _ in 0..100_000 {
+            // Write the same bytes on two streams.
+            if let Some(w) = queue.first_mut() {
+                let wa = p.c.stream_write(a, w).unwrap_or(0);
+                // Stream b gets exactly what a took, so both see the same sequence.
+                let mut done = 0;
+                while done < wa {
+                    match p.c.stream_write(b, &w[done..wa]) {
+                        Ok(n) => done += n,
+                        Err(StreamError::WouldBlock) => p.pump(),
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+                *w = &w[wa..];
+                if w.is_empty() { queue.remove(0); }
+            } else if !finished {
+                p.c.stream_finish(a);
+                p.c.stream_finish(b);
+                finished = true;
+            }
+            p.pump();
+            for (id, got, eof) in [(a, &mut got_a, &mut eof.0), (b, &mut got_b, &mut eof.1)] {
+                loop {
+                    match p.s.stream_read(id, &mut buf) {
+                        Ok(0) => { *eof = true; break }
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                        Err(StreamError::WouldBlock) => break,
+                        Err(StreamError::Unknown) => break, // not yet announced
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+            }
+            if eof == (true, true) { break; }
+        }
+        prop_assert!(eof.0 && eof.1);
+        prop_assert_eq!(&got_a, &expected);
+        prop_assert_eq!(&got_b, &expected);
+    }
+}
