@@ -198,7 +198,14 @@ pub fn write_new_identity(path: &Path, key: &Keypair) -> Result<(), KeyFileError
         f.sync_all()?;
         // hard_link fails with AlreadyExists instead of replacing a key that
         // appeared in the meantime (rename would silently overwrite it).
-        std::fs::hard_link(&tmp, path)
+        match std::fs::hard_link(&tmp, path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists && !path.exists() => {
+                // Filesystems without hard links: rename is still atomic,
+                // only the no-clobber guarantee is weaker.
+                std::fs::rename(&tmp, path)
+            }
+            other => other,
+        }
     })();
     let _ = std::fs::remove_file(&tmp);
     result.map_err(io)
