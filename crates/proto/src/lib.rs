@@ -7,4 +7,5 @@
 
 pub mod multistream;
 pub mod noise;
+pub mod relay;
 pub mod yamux;

@@ -1,1 +1,15 @@
-//! placeholder
+//! The circuit relay v2 service (`/libp2p/circuit/relay/0.2.0/hop`): a table of
+//! reservations with limits, CONNECT handling through the stop protocol, and
+//! the bridge that copies a circuit's bytes both ways under its limits.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod bridge;
+mod config;
+mod service;
+mod table;
+
+pub use bridge::{bridge, BridgeEnd};
+pub use config::RelayConfig;
+pub use service::{Relay, RelayStats};
+pub use table::{ReservationTable, TableError};

@@ -1,0 +1,570 @@
+//! An established, secured and multiplexed connection: one driver task per
+//! connection moves bytes between the socket and the sans-IO cores (Noise
+//! transport, yamux session); [`Stream`] handles read and write through the
+//! shared state.
+//!
+//! The pattern is quinn's: `Arc<Mutex<State>>` shared by the driver future and
+//! the stream handles, wakers to hand work across, no channel per chunk.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use circuit_proto::noise;
+use circuit_proto::yamux::{self, Event as MuxEvent, Session, StreamError, StreamId};
+use libp2p_identity::PeerId;
+use multiaddr::Multiaddr;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::transport::BoxedIo;
+
+/// Socket read size per poll: one full Noise frame plus its length prefix.
+const READ_CHUNK: usize = 64 * 1024 + 2;
+/// Plaintext taken from yamux per socket write batch.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// Identifies a connection within a node.
+pub type ConnectionId = u64;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Which side opened the underlying channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// We dialed.
+    Outbound,
+    /// They dialed.
+    Inbound,
+}
+
+/// Facts about a connection that do not change.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// Node-local id.
+    pub id: ConnectionId,
+    /// Authenticated remote peer.
+    pub peer: PeerId,
+    /// The remote identity key.
+    pub remote_key: libp2p_identity::PublicKey,
+    /// Remote address; for relayed connections `<relay addr>/p2p/<relay>/p2p-circuit`.
+    pub remote_addr: Multiaddr,
+    /// Local address.
+    pub local_addr: Multiaddr,
+    /// Who dialed.
+    pub direction: Direction,
+    /// Whether this connection runs over a relay circuit.
+    pub relayed: bool,
+}
+
+#[derive(Default)]
+struct Wakers {
+    read: Option<Waker>,
+    write: Option<Waker>,
+}
+
+struct State {
+    session: Session,
+    wakers: HashMap<StreamId, Wakers>,
+    driver: Option<Waker>,
+    /// Set once the connection is gone; every stream operation fails after it.
+    closed: Option<String>,
+    pings: Vec<oneshot::Sender<Duration>>,
+}
+
+impl State {
+    fn wake_driver(&mut self) {
+        if let Some(w) = self.driver.take() {
+            w.wake();
+        }
+    }
+}
+
+type Shared = Arc<Mutex<State>>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    // A panic while holding the lock is a bug; keep serving the other streams' data anyway.
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A handle to a live connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Connection {
+    info: Arc<ConnectionInfo>,
+    shared: Shared,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("id", &self.info.id).field("peer", &self.info.peer).finish()
+    }
+}
+
+impl Connection {
+    /// Starts the driver of a connection whose Noise handshake is done.
+    ///
+    /// `initial_plaintext` holds decrypted bytes that arrived before the session
+    /// existed (pipelined after a muxer negotiation); `inbound` receives streams the
+    /// peer opens. The returned future must be spawned; it ends when the connection does.
+    pub(crate) fn new(
+        io: BoxedIo,
+        transport: noise::Transport,
+        initial_plaintext: Vec<u8>,
+        mut info: ConnectionInfo,
+        config: yamux::Config,
+        inbound: mpsc::Sender<Stream>,
+    ) -> (Connection, Driver) {
+        info.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let mode = match info.direction {
+            Direction::Outbound => yamux::Mode::Client,
+            Direction::Inbound => yamux::Mode::Server,
+        };
+        let state = State {
+            session: Session::new(mode, config),
+            wakers: HashMap::new(),
+            driver: None,
+            closed: None,
+            pings: Vec::new(),
+        };
+        let shared = Arc::new(Mutex::new(state));
+        let conn = Connection { info: Arc::new(info), shared: shared.clone() };
+        let driver = Driver {
+            conn: conn.clone(),
+            io,
+            transport,
+            read_buf: vec![0u8; READ_CHUNK],
+            plain_in: initial_plaintext,
+            plain_out: Vec::with_capacity(WRITE_BATCH + 1024),
+            cipher_out: Vec::with_capacity(WRITE_BATCH + 4096),
+            cipher_pos: 0,
+            inbound,
+            timer: None,
+            eof: false,
+            shutdown_sent: false,
+        };
+        (conn, driver)
+    }
+
+    /// Facts about this connection.
+    pub fn info(&self) -> &ConnectionInfo {
+        &self.info
+    }
+
+    /// Remote peer.
+    pub fn peer(&self) -> PeerId {
+        self.info.peer
+    }
+
+    /// Node-local id.
+    pub fn id(&self) -> ConnectionId {
+        self.info.id
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.shared).closed.is_some()
+    }
+
+    /// Opens a raw yamux stream (no protocol negotiated yet).
+    pub fn open_raw_stream(&self) -> io::Result<Stream> {
+        let mut st = lock(&self.shared);
+        if let Some(why) = &st.closed {
+            return Err(io::Error::new(io::ErrorKind::NotConnected, why.clone()));
+        }
+        let id = st.session.open_stream().map_err(|e| io::Error::other(e.to_string()))?;
+        st.wakers.insert(id, Wakers::default());
+        st.wake_driver();
+        drop(st);
+        Ok(Stream::new(self.clone(), id))
+    }
+
+    /// Measures the yamux-level round trip (session ping).
+    pub async fn mux_ping(&self) -> io::Result<Duration> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut st = lock(&self.shared);
+            if let Some(why) = &st.closed {
+                return Err(io::Error::new(io::ErrorKind::NotConnected, why.clone()));
+            }
+            st.session.ping(Instant::now());
+            st.pings.push(tx);
+            st.wake_driver();
+        }
+        rx.await.map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "connection closed"))
+    }
+
+    /// Closes the connection: go-away, then the driver ends.
+    pub fn close(&self) {
+        let mut st = lock(&self.shared);
+        st.session.go_away(0);
+        if st.closed.is_none() {
+            st.closed = Some("closed locally".into());
+        }
+        st.wake_driver();
+    }
+
+    /// Number of open streams.
+    pub fn num_streams(&self) -> usize {
+        lock(&self.shared).session.num_streams()
+    }
+
+    /// Resolves when the connection has ended.
+    pub async fn closed(&self) {
+        // Polling at a coarse interval keeps the shared state free of a waiter list.
+        while !self.is_closed() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A yamux stream of a [`Connection`]: read and write like a socket.
+///
+/// Dropping it resets the stream unless it was closed both ways.
+pub struct Stream {
+    conn: Connection,
+    id: StreamId,
+    /// Bytes read ahead during protocol negotiation, handed out first.
+    prefix: Vec<u8>,
+    prefix_pos: usize,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream").field("conn", &self.conn.info.id).field("id", &self.id).finish()
+    }
+}
+
+impl Stream {
+    fn new(conn: Connection, id: StreamId) -> Stream {
+        Stream { conn, id, prefix: Vec::new(), prefix_pos: 0 }
+    }
+
+    /// The connection this stream belongs to.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Puts bytes back in front of the stream (read ahead by a negotiation).
+    pub fn unread(&mut self, mut data: Vec<u8>) {
+        if data.is_empty() {
+            return;
+        }
+        data.extend_from_slice(&self.prefix[self.prefix_pos..]);
+        self.prefix = data;
+        self.prefix_pos = 0;
+    }
+
+    /// Aborts the stream (yamux RST).
+    pub fn reset(&mut self) {
+        let mut st = lock(&self.conn.shared);
+        st.session.stream_reset(self.id);
+        st.wake_driver();
+    }
+}
+
+fn stream_err(e: StreamError, closed: &Option<String>) -> io::Error {
+    match (e, closed) {
+        (_, Some(why)) => io::Error::new(io::ErrorKind::ConnectionAborted, why.clone()),
+        (StreamError::Reset, _) => io::Error::new(io::ErrorKind::ConnectionReset, "stream reset by peer"),
+        (StreamError::Closed, _) => io::Error::new(io::ErrorKind::BrokenPipe, "stream closed"),
+        (e, _) => io::Error::other(format!("{e:?}")),
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.prefix_pos < this.prefix.len() {
+            let n = (this.prefix.len() - this.prefix_pos).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.prefix_pos..this.prefix_pos + n]);
+            this.prefix_pos += n;
+            if this.prefix_pos == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.prefix_pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let mut st = lock(&this.conn.shared);
+        let dst = buf.initialize_unfilled();
+        match st.session.stream_read(this.id, dst) {
+            Ok(n) => {
+                buf.advance(n);
+                // Reading may free window: let the driver send the update.
+                st.wake_driver();
+                Poll::Ready(Ok(()))
+            }
+            Err(StreamError::WouldBlock) if st.closed.is_none() => {
+                st.wakers.entry(this.id).or_default().read = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            Err(e) => {
+                let closed = st.closed.clone();
+                Poll::Ready(Err(stream_err(e, &closed)))
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let mut st = lock(&self.conn.shared);
+        if let Some(why) = &st.closed {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, why.clone())));
+        }
+        match st.session.stream_write(self.id, data) {
+            Ok(n) => {
+                st.wake_driver();
+                Poll::Ready(Ok(n))
+            }
+            Err(StreamError::WouldBlock) => {
+                st.wakers.entry(self.id).or_default().write = Some(cx.waker().clone());
+                st.wake_driver();
+                Poll::Pending
+            }
+            Err(e) => {
+                let closed = st.closed.clone();
+                Poll::Ready(Err(stream_err(e, &closed)))
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Accepted bytes sit in the session's bounded send buffer; the driver sends
+        // them without further prompting, like a socket's kernel buffer.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = lock(&self.conn.shared);
+        st.session.stream_finish(self.id);
+        st.wake_driver();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let mut st = lock(&self.conn.shared);
+        st.session.stream_release(self.id);
+        st.wakers.remove(&self.id);
+        st.wake_driver();
+    }
+}
+
+/// The future that drives one connection; spawn it.
+pub struct Driver {
+    conn: Connection,
+    io: BoxedIo,
+    transport: noise::Transport,
+    read_buf: Vec<u8>,
+    plain_in: Vec<u8>,
+    plain_out: Vec<u8>,
+    cipher_out: Vec<u8>,
+    cipher_pos: usize,
+    inbound: mpsc::Sender<Stream>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    eof: bool,
+    shutdown_sent: bool,
+}
+
+impl Driver {
+    /// Handles what the session reports; returns whether anything happened.
+    fn dispatch_events(&mut self, st: &mut State) {
+        while let Some(ev) = st.session.poll_event() {
+            match ev {
+                MuxEvent::InboundStream(id) => {
+                    st.wakers.insert(id, Wakers::default());
+                    let stream = Stream::new(self.conn.clone(), id);
+                    // Stream::drop locks the state: hand it over without holding our lock
+                    // by queuing, and refuse when the acceptor is saturated.
+                    match self.inbound.try_send(stream) {
+                        Ok(()) => {}
+                        Err(e) => {
+                            tracing::debug!(peer = %self.conn.info.peer, "inbound stream refused: acceptor busy");
+                            let s = match e {
+                                mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => s,
+                            };
+                            // Drop without re-locking: release directly.
+                            st.session.stream_reset(s.id);
+                            st.session.stream_release(s.id);
+                            st.wakers.remove(&s.id);
+                            std::mem::forget(s);
+                        }
+                    }
+                }
+                MuxEvent::Readable(id) | MuxEvent::StreamReset(id) => {
+                    if let Some(w) = st.wakers.get_mut(&id) {
+                        if let Some(w) = w.read.take() {
+                            w.wake();
+                        }
+                        if let Some(w) = w.write.take() {
+                            w.wake();
+                        }
+                    }
+                }
+                MuxEvent::Writable(id) => {
+                    if let Some(w) = st.wakers.get_mut(&id).and_then(|w| w.write.take()) {
+                        w.wake();
+                    }
+                }
+                MuxEvent::Pong { rtt } => {
+                    for p in st.pings.drain(..) {
+                        let _ = p.send(rtt);
+                    }
+                }
+                MuxEvent::GoAway(code) => {
+                    tracing::debug!(peer = %self.conn.info.peer, code, "peer sent go-away");
+                }
+                #[allow(unreachable_patterns)]
+                _ => {}
+            }
+        }
+    }
+
+    fn fail(&mut self, st: &mut State, why: String) {
+        if st.closed.is_none() {
+            tracing::debug!(peer = %self.conn.info.peer, reason = %why, "connection closed");
+            st.closed = Some(why);
+        }
+        for (_, w) in st.wakers.drain() {
+            if let Some(w) = w.read {
+                w.wake();
+            }
+            if let Some(w) = w.write {
+                w.wake();
+            }
+        }
+        st.pings.clear();
+    }
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let shared = this.conn.shared.clone();
+        // Bound the work per poll so one busy connection cannot hog a runtime thread.
+        for _ in 0..64 {
+            let mut progress = false;
+            let mut st = lock(&shared);
+            let now = Instant::now();
+
+            // 1. Socket → Noise → yamux.
+            if !this.eof && st.closed.is_none() {
+                let mut rb = ReadBuf::new(&mut this.read_buf);
+                match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                        this.eof = true;
+                        this.fail(&mut st, "remote closed the connection".into());
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        this.transport.handle_input(&this.read_buf[..n]);
+                        match this.transport.read_plaintext(&mut this.plain_in) {
+                            Ok(_) => {}
+                            Err(e) => this.fail(&mut st, format!("noise: {e}")),
+                        }
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        this.eof = true;
+                        this.fail(&mut st, format!("read: {e}"));
+                        progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if !this.plain_in.is_empty() {
+                if let Err(e) = st.session.handle_input(&this.plain_in, now) {
+                    tracing::warn!(peer = %this.conn.info.peer, error = %e, "yamux protocol error; closing");
+                    this.fail(&mut st, format!("yamux: {e}"));
+                }
+                this.plain_in.clear();
+            }
+            this.dispatch_events(&mut st);
+
+            // 2. yamux → Noise → socket.
+            if this.cipher_pos == this.cipher_out.len() {
+                this.cipher_out.clear();
+                this.cipher_pos = 0;
+                this.plain_out.clear();
+                if st.session.poll_transmit(&mut this.plain_out, WRITE_BATCH) > 0 {
+                    if let Err(e) = this.transport.encrypt(&this.plain_out, &mut this.cipher_out) {
+                        this.fail(&mut st, format!("noise: {e}"));
+                    }
+                }
+                this.dispatch_events(&mut st);
+            }
+            let closed = st.closed.is_some();
+            let session_closed = st.session.is_closed();
+            if this.cipher_pos < this.cipher_out.len() {
+                drop(st);
+                match Pin::new(&mut this.io).poll_write(cx, &this.cipher_out[this.cipher_pos..]) {
+                    Poll::Ready(Ok(0)) => {
+                        this.fail(&mut lock(&shared), "write: socket closed".into());
+                        return Poll::Ready(());
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        this.cipher_pos += n;
+                        progress = true;
+                        if this.cipher_pos == this.cipher_out.len() {
+                            let _ = Pin::new(&mut this.io).poll_flush(cx);
+                        }
+                    }
+                    Poll::Ready(Err(e)) => {
+                        this.fail(&mut lock(&shared), format!("write: {e}"));
+                        return Poll::Ready(());
+                    }
+                    Poll::Pending => {}
+                }
+                st = lock(&shared);
+            } else if closed || session_closed {
+                // Everything queued (e.g. a go-away) is out: finish.
+                if !this.shutdown_sent {
+                    this.shutdown_sent = true;
+                    let _ = Pin::new(&mut this.io).poll_shutdown(cx);
+                }
+                let why = if closed { None } else { Some("session ended".to_string()) };
+                if let Some(why) = why {
+                    this.fail(&mut st, why);
+                }
+                return Poll::Ready(());
+            }
+
+            // 3. Timers (keep-alive pings).
+            if let Some(deadline) = st.session.poll_timeout() {
+                if deadline <= now {
+                    st.session.handle_timeout(now);
+                    progress = true;
+                } else {
+                    let when = tokio::time::Instant::from_std(deadline);
+                    match &mut this.timer {
+                        Some(t) if t.deadline() == when => {}
+                        Some(t) => t.as_mut().reset(when),
+                        None => this.timer = Some(Box::pin(tokio::time::sleep_until(when))),
+                    }
+                    if let Some(t) = &mut this.timer {
+                        if t.as_mut().poll(cx).is_ready() {
+                            progress = true;
+                        }
+                    }
+                }
+            }
+
+            if !progress {
+                st.driver = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+        }
+        // Yield to the runtime and come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}

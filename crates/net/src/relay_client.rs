@@ -1,0 +1,304 @@
+//! The client side of circuit relay v2: reserving a slot on a relay, keeping it,
+//! accepting circuits (stop protocol) and dialing through a relay (hop CONNECT).
+//!
+//! A relayed connection is a hop or stop stream used as a raw channel: Noise and
+//! yamux run end to end over it, so the relay only sees ciphertext.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use circuit_proto::relay::{self as core, Granted, Limit};
+use circuit_wire::addr::{self as waddr, CircuitAddr};
+use circuit_wire::pb::relay::{HopMessage, Status, StopMessage};
+use libp2p_identity::PeerId;
+use multiaddr::{Multiaddr, Protocol};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::broadcast;
+
+use crate::connection::{Connection, Direction};
+use crate::framed;
+use crate::node::{DialError, Node};
+
+pub use circuit_proto::relay::{HOP_PROTOCOL, STOP_PROTOCOL};
+
+/// How long we wait for a relay's answer on hop or stop streams.
+pub const RELAY_IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The remote address of a relayed connection: `<relay conn remote addr>/p2p/<relay>/p2p-circuit`.
+fn circuit_remote_addr(relay_conn: &Connection) -> Multiaddr {
+    let mut a = waddr::with_p2p(relay_conn.info().remote_addr.clone(), relay_conn.peer());
+    a.push(Protocol::P2pCircuit);
+    a
+}
+
+/// A reservation held on a relay.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    /// The relay.
+    pub relay: PeerId,
+    /// What the relay granted.
+    pub granted: Granted,
+    /// Our addresses through this relay: `<relay addr>/p2p/<relay>/p2p-circuit/p2p/<self>`.
+    pub circuit_addrs: Vec<Multiaddr>,
+}
+
+/// Why a reservation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReserveError {
+    /// Could not reach the relay.
+    #[error("{0}")]
+    Dial(#[from] DialError),
+    /// The relay answered, but not with a usable reservation.
+    #[error("{0}")]
+    Refused(#[from] core::ReserveError),
+    /// The exchange failed.
+    #[error("reservation exchange: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Sends one RESERVE to the relay at `relay_addr` (which must end in `/p2p/<relay>`).
+pub async fn reserve(node: &Node, relay_addr: &Multiaddr) -> Result<Reservation, ReserveError> {
+    let conn = node.dial(relay_addr).await?;
+    reserve_on(node, &conn).await
+}
+
+/// Sends one RESERVE on an existing connection to a relay.
+pub async fn reserve_on(node: &Node, conn: &Connection) -> Result<Reservation, ReserveError> {
+    if conn.info().relayed {
+        return Err(ReserveError::Io(std::io::Error::other("cannot reserve over a relayed connection")));
+    }
+    let relay = conn.peer();
+    let mut s = node.open_stream(conn, HOP_PROTOCOL).await?;
+    let exchange = async {
+        framed::write_message(&mut s, &core::hop_reserve()).await?;
+        framed::read_message::<HopMessage>(&mut s, core::MAX_MESSAGE).await
+    };
+    let answer = tokio::time::timeout(RELAY_IO_TIMEOUT, exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "relay did not answer RESERVE"))??;
+    let _ = s.shutdown().await;
+    let granted = core::parse_reserve_response(&answer, &relay, &node.peer_id(), now_unix())?;
+    if granted.addrs.is_empty() {
+        return Err(core::ReserveError::NoAddresses.into());
+    }
+    let circuit_addrs = granted
+        .addrs
+        .iter()
+        .map(|a| {
+            let mut c = a.clone();
+            c.push(Protocol::P2pCircuit);
+            c.push(Protocol::P2p(node.peer_id()));
+            c
+        })
+        .collect();
+    Ok(Reservation { relay, granted, circuit_addrs })
+}
+
+/// Events of a kept reservation.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ReservationEvent {
+    /// A reservation was made or refreshed.
+    Accepted(Reservation),
+    /// The reservation failed or was lost; we retry after `retry_in`.
+    Failed {
+        /// The relay address.
+        relay_addr: Multiaddr,
+        /// Why.
+        error: String,
+        /// Next attempt.
+        retry_in: Duration,
+    },
+}
+
+/// A reservation kept alive in the background: refreshed before expiry,
+/// re-made after the connection to the relay is lost. Dropping it stops that.
+pub struct KeptReservation {
+    stop: Arc<AtomicBool>,
+    events: broadcast::Sender<ReservationEvent>,
+}
+
+impl KeptReservation {
+    /// Subscribes to its events.
+    pub fn events(&self) -> broadcast::Receiver<ReservationEvent> {
+        self.events.subscribe()
+    }
+}
+
+impl Drop for KeptReservation {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Keeps a reservation on `relay_addr`; our circuit addresses are added to the
+/// node's addresses while it holds, and removed when it ends.
+pub fn keep_reservation(node: &Node, relay_addr: Multiaddr) -> KeptReservation {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (events, _) = broadcast::channel(64);
+    let kept = KeptReservation { stop: stop.clone(), events: events.clone() };
+    let node = node.clone();
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_secs(1);
+        let mut current: Vec<Multiaddr> = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            match reserve(&node, &relay_addr).await {
+                Ok(r) => {
+                    backoff = Duration::from_secs(1);
+                    for a in &current {
+                        if !r.circuit_addrs.contains(a) {
+                            node.remove_address(a);
+                        }
+                    }
+                    // Announce without our own /p2p suffix, as listen addresses are.
+                    current = r.circuit_addrs.iter().map(|a| waddr::split_p2p(a).0).collect();
+                    for a in &current {
+                        node.add_address(a.clone());
+                    }
+                    let _ = events.send(ReservationEvent::Accepted(r.clone()));
+                    // Refresh at 3/4 of the remaining lifetime (as rust-libp2p), at least every 10 s apart.
+                    let left = r.granted.expire.saturating_sub(now_unix());
+                    let wait = Duration::from_secs((left * 3 / 4).max(10));
+                    let conn = node.connections_to(&r.relay).into_iter().find(|c| !c.info().relayed);
+                    let deadline = tokio::time::Instant::now() + wait;
+                    loop {
+                        if stop.load(Ordering::Relaxed) || tokio::time::Instant::now() >= deadline {
+                            break;
+                        }
+                        if conn.as_ref().map(|c| c.is_closed()).unwrap_or(true) {
+                            tracing::info!(relay = %r.relay, "connection to relay lost; reserving again");
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(250).min(deadline - tokio::time::Instant::now())).await;
+                    }
+                }
+                Err(e) => {
+                    for a in current.drain(..) {
+                        node.remove_address(&a);
+                    }
+                    tracing::warn!(relay = %relay_addr, error = %e, retry_in = ?backoff, "reservation failed");
+                    let _ = events.send(ReservationEvent::Failed { relay_addr: relay_addr.clone(), error: e.to_string(), retry_in: backoff });
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+        for a in current.drain(..) {
+            node.remove_address(&a);
+        }
+    });
+    kept
+}
+
+/// Dials `target` through a relay, as described by a parsed circuit address.
+pub(crate) async fn dial_circuit(node: &Node, addr: &Multiaddr, c: CircuitAddr) -> Result<Connection, DialError> {
+    if c.target == node.peer_id() {
+        return Err(DialError::BadAddress { addr: addr.clone(), reason: "that is our own peer id".into() });
+    }
+    let relay_conn = match (&c.relay_addr, c.relay) {
+        (Some(ra), Some(relay)) => node.dial(&waddr::with_p2p(ra.clone(), relay)).await?,
+        (None, Some(relay)) => node
+            .connections_to(&relay)
+            .into_iter()
+            .find(|x| !x.info().relayed)
+            .ok_or_else(|| DialError::BadAddress { addr: addr.clone(), reason: format!("no address known for relay {relay}: give its transport address before /p2p/{relay}") })?,
+        _ => {
+            // The bare form: try relays we are connected to that serve hop.
+            let relays: Vec<Connection> = node
+                .connections()
+                .into_iter()
+                .filter(|x| !x.info().relayed && node.peer_info(&x.peer()).map(|i| i.protocols.iter().any(|p| p == HOP_PROTOCOL)).unwrap_or(false))
+                .collect();
+            let mut last = None;
+            for rc in relays {
+                match connect_via(node, &rc, c.target).await {
+                    Ok(conn) => return Ok(conn),
+                    Err(e) => last = Some(e),
+                }
+            }
+            return Err(last.unwrap_or_else(|| DialError::BadAddress { addr: addr.clone(), reason: "no relay known: name one (<relay addr>/p2p/<relay>/p2p-circuit/p2p/<peer>)".into() }));
+        }
+    };
+    connect_via(node, &relay_conn, c.target).await
+}
+
+/// Opens a circuit to `target` through the relay on `relay_conn` and upgrades it.
+pub async fn connect_via(node: &Node, relay_conn: &Connection, target: PeerId) -> Result<Connection, DialError> {
+    let relay = relay_conn.peer();
+    let mut s = node.open_stream(relay_conn, HOP_PROTOCOL).await?;
+    let exchange = async {
+        framed::write_message(&mut s, &core::hop_connect(&target)).await?;
+        framed::read_message::<HopMessage>(&mut s, core::MAX_MESSAGE).await
+    };
+    let answer = tokio::time::timeout(RELAY_IO_TIMEOUT, exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "relay did not answer CONNECT"))??;
+    let limit = core::parse_connect_response(&answer).map_err(|status| DialError::RelayRefused { relay, target, status })?;
+    tracing::debug!(%relay, %target, ?limit, "circuit open; upgrading");
+    let remote = circuit_remote_addr(relay_conn);
+    let local = relay_conn.info().local_addr.clone();
+    let addr = remote.clone();
+    node.upgrade(Box::new(s), local, remote, Direction::Outbound, Some(target), true)
+        .await
+        .map_err(|source| DialError::Upgrade { addr, source })
+}
+
+pub(crate) fn install_stop(node: &Node) {
+    let n = node.clone();
+    node.handle(STOP_PROTOCOL, move |inc| {
+        let n = n.clone();
+        tokio::spawn(async move {
+            let relay_conn = inc.connection.clone();
+            if let Err(e) = handle_stop(&n, inc.stream, &relay_conn).await {
+                tracing::info!(relay = %relay_conn.peer(), error = %e, "incoming circuit failed");
+            }
+        });
+    });
+}
+
+async fn handle_stop(node: &Node, mut s: crate::connection::Stream, relay_conn: &Connection) -> Result<(), String> {
+    if relay_conn.info().relayed {
+        let _ = framed::write_message(&mut s, &core::stop_status(Status::PermissionDenied)).await;
+        return Err("stop over a relayed connection refused".into());
+    }
+    let msg = tokio::time::timeout(RELAY_IO_TIMEOUT, framed::read_message::<StopMessage>(&mut s, core::MAX_MESSAGE))
+        .await
+        .map_err(|_| "relay sent no CONNECT".to_string())?
+        .map_err(|e| {
+            format!("reading CONNECT: {e}")
+        })?;
+    let (src, limit) = match core::parse_stop_connect(&msg) {
+        Ok(x) => x,
+        Err(status) => {
+            let _ = framed::write_message(&mut s, &core::stop_status(status)).await;
+            return Err(format!("bad stop message: {}", core::status_str(status)));
+        }
+    };
+    framed::write_message(&mut s, &core::stop_status(Status::Ok)).await.map_err(|e| e.to_string())?;
+    tracing::debug!(relay = %relay_conn.peer(), %src, ?limit, "accepting circuit");
+    let remote = circuit_remote_addr(relay_conn);
+    let local = relay_conn.info().local_addr.clone();
+    node.upgrade(Box::new(s), local, remote, Direction::Inbound, None, true)
+        .await
+        .map(|c| {
+            if c.peer() != src {
+                tracing::warn!(claimed = %src, actual = %c.peer(), "circuit source differs from the peer the relay named");
+            }
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// Limit of a relayed connection as the relay announced it is not tracked yet per
+/// connection; helpers for applications that want to respect it.
+pub fn describe_limit(limit: &Limit) -> String {
+    match (limit.duration, limit.data) {
+        (None, None) => "unlimited".into(),
+        (d, b) => format!("{}{}", d.map(|d| format!("{}s ", d.as_secs())).unwrap_or_default(), b.map(|b| format!("{b} bytes/direction")).unwrap_or_default()),
+    }
+}

@@ -1,0 +1,284 @@
+//! The hop protocol handler: RESERVE and CONNECT.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use circuit_net::framed;
+use circuit_net::{Connection, IncomingStream, Node, NodeEvent, Stream};
+use circuit_proto::relay::{self as core, HopRequest, HOP_PROTOCOL, STOP_PROTOCOL};
+use circuit_wire::pb::relay::{HopMessage, Status, StopMessage};
+use circuit_wire::record::Voucher;
+use libp2p_identity::PeerId;
+use multiaddr::{Multiaddr, Protocol};
+use tokio::io::AsyncWriteExt;
+
+use crate::bridge::{bridge, BridgeEnd};
+use crate::config::RelayConfig;
+use crate::table::{ReservationTable, TableError};
+
+/// Counters of the relay, for status lines and metrics.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Reservations granted (incl. refreshes).
+    pub reservations_accepted: AtomicU64,
+    /// Reservations refused.
+    pub reservations_refused: AtomicU64,
+    /// Circuits opened.
+    pub circuits_opened: AtomicU64,
+    /// Circuits refused or failed before bridging.
+    pub circuits_refused: AtomicU64,
+    /// Circuits ended by a limit.
+    pub circuits_limited: AtomicU64,
+    /// Bytes relayed, both directions.
+    pub bytes_relayed: AtomicU64,
+}
+
+struct Inner {
+    node: Node,
+    config: RwLock<RelayConfig>,
+    table: Mutex<ReservationTable>,
+    stats: RelayStats,
+}
+
+/// A running relay service. Cheap to clone.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+impl Relay {
+    /// Mounts the hop protocol on `node` and starts the housekeeping tasks.
+    pub fn start(node: &Node, config: RelayConfig) -> Relay {
+        let relay = Relay {
+            inner: Arc::new(Inner { node: node.clone(), config: RwLock::new(config), table: Mutex::new(ReservationTable::default()), stats: RelayStats::default() }),
+        };
+        let r = relay.clone();
+        node.handle(HOP_PROTOCOL, move |inc| {
+            let r = r.clone();
+            tokio::spawn(async move { r.handle_hop(inc).await });
+        });
+        // A reservation lives only as long as the connection it was made on.
+        let r = relay.clone();
+        let mut events = node.events();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(NodeEvent::ConnectionClosed(info)) => {
+                        if r.table().connection_closed(&info.peer, info.id) {
+                            tracing::info!(peer = %info.peer, "reservation dropped: its connection closed");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "relay lagged behind node events"),
+                    Err(_) => return,
+                }
+            }
+        });
+        let r = relay.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                let n = r.table().expire(Instant::now());
+                if n > 0 {
+                    tracing::info!(expired = n, "reservations expired");
+                }
+            }
+        });
+        relay
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, ReservationTable> {
+        self.inner.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of the settings.
+    pub fn config(&self) -> RelayConfig {
+        self.inner.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces limits and timeouts; open circuits keep theirs.
+    pub fn set_config(&self, config: RelayConfig) {
+        *self.inner.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &RelayStats {
+        &self.inner.stats
+    }
+
+    /// Live reservations.
+    pub fn num_reservations(&self) -> usize {
+        self.table().num_reservations()
+    }
+
+    /// Open circuits.
+    pub fn num_circuits(&self) -> usize {
+        self.table().num_circuits()
+    }
+
+    /// The addresses we put in reservations: announced or listen addresses, with `/p2p/<relay>`.
+    pub fn reservation_addrs(&self) -> Vec<Multiaddr> {
+        let node = &self.inner.node;
+        node.addresses()
+            .into_iter()
+            .filter(|a| !circuit_wire::addr::is_circuit(a))
+            .map(|a| circuit_wire::addr::with_p2p(a, node.peer_id()))
+            .collect()
+    }
+
+    async fn handle_hop(&self, inc: IncomingStream) {
+        let IncomingStream { mut stream, connection, .. } = inc;
+        let peer = connection.peer();
+        let cfg = self.config();
+        let read = framed::read_message::<HopMessage>(&mut stream, core::MAX_MESSAGE);
+        let msg = match tokio::time::timeout(cfg.stream_timeout, read).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "hop: malformed request");
+                self.refuse(&mut stream, Status::MalformedMessage).await;
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "hop: no request within the stream timeout");
+                return;
+            }
+        };
+        let req = match core::parse_hop_request(&msg) {
+            Ok(r) => r,
+            Err(status) => {
+                tracing::info!(%peer, status = core::status_str(status), "hop: bad request");
+                self.refuse(&mut stream, status).await;
+                return;
+            }
+        };
+        if connection.info().relayed {
+            tracing::info!(%peer, "hop: refused over a relayed connection");
+            self.refuse(&mut stream, Status::PermissionDenied).await;
+            return;
+        }
+        match req {
+            HopRequest::Reserve => self.reserve(stream, &connection, &cfg).await,
+            HopRequest::Connect { target } => self.connect(stream, &connection, target, &cfg).await,
+        }
+    }
+
+    async fn refuse(&self, stream: &mut Stream, status: Status) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), framed::write_message(stream, &core::hop_status(status))).await;
+        let _ = stream.shutdown().await;
+    }
+
+    async fn reserve(&self, mut stream: Stream, conn: &Connection, cfg: &RelayConfig) {
+        let peer = conn.peer();
+        let ip = ip_of(&conn.info().remote_addr);
+        let result = self.table().reserve(cfg, peer, ip, conn.id(), Instant::now());
+        if let Err(e) = result {
+            let status = match e {
+                TableError::Full | TableError::PerIp => Status::ReservationRefused,
+                _ => Status::ResourceLimitExceeded,
+            };
+            self.inner.stats.reservations_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, reason = %e, "reservation refused");
+            self.refuse(&mut stream, status).await;
+            return;
+        }
+        let expire = now_unix() + cfg.reservation_ttl.as_secs();
+        let node = &self.inner.node;
+        let voucher = if cfg.vouchers { Voucher { relay: node.peer_id(), peer, expiration: expire }.sign(node.keypair()).ok() } else { None };
+        let answer = core::hop_reserve_ok(expire, &self.reservation_addrs(), voucher, cfg.limit);
+        match tokio::time::timeout(cfg.stream_timeout, framed::write_message(&mut stream, &answer)).await {
+            Ok(Ok(())) => {
+                self.inner.stats.reservations_accepted.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%peer, expire, "reservation accepted");
+                let _ = stream.shutdown().await;
+            }
+            _ => {
+                tracing::info!(%peer, "reservation answer could not be sent");
+                stream.reset();
+            }
+        }
+    }
+
+    async fn connect(&self, mut src_stream: Stream, src_conn: &Connection, target: PeerId, cfg: &RelayConfig) {
+        let src = src_conn.peer();
+        let admitted = self.table().open_circuit(cfg, src, target, Instant::now());
+        if let Err(e) = admitted {
+            let status = match e {
+                TableError::NoReservation => Status::NoReservation,
+                _ => Status::ResourceLimitExceeded,
+            };
+            self.inner.stats.circuits_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%src, %target, reason = %e, "circuit refused");
+            self.refuse(&mut src_stream, status).await;
+            return;
+        }
+        // From here on the circuit is counted: release it on every path.
+        let _guard = CircuitGuard { relay: self.clone(), src, dst: target };
+        let node = &self.inner.node;
+        let Some(dst_conn) = node.connections_to(&target).into_iter().find(|c| !c.info().relayed) else {
+            self.inner.stats.circuits_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%src, %target, "circuit refused: target has a reservation but no live connection");
+            self.refuse(&mut src_stream, Status::ConnectionFailed).await;
+            return;
+        };
+        let stop = async {
+            let mut s = node.open_stream(&dst_conn, STOP_PROTOCOL).await.map_err(|e| e.to_string())?;
+            framed::write_message(&mut s, &core::stop_connect(&src, cfg.limit)).await.map_err(|e| e.to_string())?;
+            let answer = framed::read_message::<StopMessage>(&mut s, core::MAX_MESSAGE).await.map_err(|e| e.to_string())?;
+            core::parse_stop_response(&answer)?;
+            Ok::<Stream, String>(s)
+        };
+        let dst_stream = match tokio::time::timeout(cfg.connect_timeout, stop).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.inner.stats.circuits_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%src, %target, error = %e, "circuit failed: target refused or stop protocol failed");
+                self.refuse(&mut src_stream, Status::ConnectionFailed).await;
+                return;
+            }
+            Err(_) => {
+                self.inner.stats.circuits_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%src, %target, "circuit failed: target did not answer in time");
+                self.refuse(&mut src_stream, Status::ConnectionFailed).await;
+                return;
+            }
+        };
+        if let Err(e) = framed::write_message(&mut src_stream, &core::hop_connect_ok(cfg.limit)).await {
+            tracing::info!(%src, %target, error = %e, "circuit failed: source went away");
+            return;
+        }
+        self.inner.stats.circuits_opened.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%src, %target, limit = ?cfg.limit, "circuit open");
+        let started = Instant::now();
+        let stats = bridge(src_stream, dst_stream, cfg.limit, cfg.buffer_size, &self.inner.stats.bytes_relayed).await;
+        if matches!(stats.end, BridgeEnd::DataLimit | BridgeEnd::DurationLimit) {
+            self.inner.stats.circuits_limited.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::info!(%src, %target, end = ?stats.end, up = stats.src_to_dst, down = stats.dst_to_src, secs = started.elapsed().as_secs_f64(), "circuit closed");
+    }
+}
+
+struct CircuitGuard {
+    relay: Relay,
+    src: PeerId,
+    dst: PeerId,
+}
+
+impl Drop for CircuitGuard {
+    fn drop(&mut self) {
+        self.relay.table().close_circuit(self.src, self.dst);
+    }
+}
