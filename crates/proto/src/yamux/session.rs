@@ -195,8 +195,8 @@ impl Session {
     fn is_remote_id(&self, id: StreamId) -> bool {
         id != 0
             && match self.mode {
-                Mode::Client => id % 2 == 0,
-                Mode::Server => id % 2 == 1,
+                Mode::Client => id & 1 == 0,
+                Mode::Server => id & 1 == 1,
             }
     }
 

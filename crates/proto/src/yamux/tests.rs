@@ -240,8 +240,10 @@ fn reset_before_announcement_sends_nothing() {
 
 #[test]
 fn flow_control_blocks_at_window_until_reader_reads() {
-    let mut cfg = Config::default();
-    cfg.max_send_buffer = 1024 * 1024;
+    let cfg = Config {
+        max_send_buffer: 1024 * 1024,
+        ..Config::default()
+    };
     let mut p = Pair::with_configs(4096, cfg, Config::default());
     let id = p.c.open_stream().unwrap();
     let data: Vec<u8> = (0..512 * 1024).map(|i| (i % 251) as u8).collect();
@@ -296,8 +298,10 @@ fn writer_blocks_on_full_buffer_and_gets_writable() {
 
 #[test]
 fn partial_write_reports_writable_later() {
-    let mut cfg = Config::default();
-    cfg.max_send_buffer = 10;
+    let cfg = Config {
+        max_send_buffer: 10,
+        ..Config::default()
+    };
     let mut p = Pair::with_configs(100, cfg, Config::default());
     let id = p.c.open_stream().unwrap();
     assert_eq!(p.c.stream_write(id, &[0u8; 25]), Ok(10));
@@ -382,8 +386,10 @@ fn inbound_syn_after_our_go_away_is_reset() {
 
 #[test]
 fn too_many_streams_are_reset() {
-    let mut scfg = Config::default();
-    scfg.max_streams = 2;
+    let scfg = Config {
+        max_streams: 2,
+        ..Config::default()
+    };
     let mut p = Pair::with_configs(9, Config::default(), scfg);
     let ids: Vec<_> = (0..3).map(|_| p.c.open_stream().unwrap()).collect();
     for &id in &ids {
@@ -409,8 +415,10 @@ fn too_many_streams_are_reset() {
 
 #[test]
 fn ack_backlog_limits_unacked_outbound_streams() {
-    let mut ccfg = Config::default();
-    ccfg.max_ack_backlog = 2;
+    let ccfg = Config {
+        max_ack_backlog: 2,
+        ..Config::default()
+    };
     let mut p = Pair::with_configs(12, ccfg, Config::default());
     p.c.open_stream().unwrap();
     p.c.open_stream().unwrap();
@@ -467,15 +475,15 @@ fn data_beyond_window_is_a_protocol_error() {
     let now = Instant::now();
     let mut s = Session::new(Mode::Server, Config::default());
     let mut input = Header::data(1, 200 * 1024, Flags::SYN).encode().to_vec();
-    input.extend(std::iter::repeat(0u8).take(200 * 1024));
+    input.extend(std::iter::repeat_n(0u8, 200 * 1024));
     s.handle_input(&input, now).unwrap();
-    // 56 KiB left; 57 KiB is too much (no read happened, so no update was granted).
-    let over = Header::data(1, 57 * 1024, Flags::NONE).encode();
+    // 56 KiB left; one byte more is too much (no read happened, so no update was granted).
+    let over = Header::data(1, 56 * 1024 + 1, Flags::NONE).encode();
     assert_eq!(
         s.handle_input(&over, now),
         Err(Error::Protocol(ProtocolError::WindowExceeded {
             stream: 1,
-            len: 57 * 1024,
+            len: 56 * 1024 + 1,
             window: 56 * 1024
         }))
     );
@@ -485,6 +493,30 @@ fn data_beyond_window_is_a_protocol_error() {
     assert_eq!(s.poll_event(), Some(Event::InboundStream(1)));
     assert_eq!(s.poll_event(), Some(Event::Readable(1)));
     assert_eq!(s.poll_event(), Some(Event::StreamReset(1)));
+}
+
+#[test]
+fn data_exactly_filling_the_window_is_accepted() {
+    let now = Instant::now();
+    let mut s = Session::new(Mode::Server, Config::default());
+    let mut input = Header::data(1, DEFAULT_WINDOW, Flags::SYN)
+        .encode()
+        .to_vec();
+    input.resize(HEADER_LEN + DEFAULT_WINDOW as usize, 3);
+    s.handle_input(&input, now).unwrap();
+    // Zero-length data is fine even with the window at 0.
+    s.handle_input(&Header::data(1, 0, Flags::NONE).encode(), now)
+        .unwrap();
+    let mut buf = vec![0u8; DEFAULT_WINDOW as usize + 10];
+    assert_eq!(s.stream_read(1, &mut buf), Ok(DEFAULT_WINDOW as usize));
+    assert!(buf[..DEFAULT_WINDOW as usize].iter().all(|&b| b == 3));
+    let mut out = Vec::new();
+    s.poll_transmit(&mut out, 1000);
+    assert_eq!(
+        frames(&out),
+        vec![Header::window_update(1, DEFAULT_WINDOW, Flags::ACK)],
+        "ACK rides on the window update that returns the consumed window"
+    );
 }
 
 #[test]
@@ -550,8 +582,10 @@ fn poll_transmit_respects_max() {
 
 #[test]
 fn keepalive_pings_when_idle_and_times_out() {
-    let mut cfg = Config::default();
-    cfg.keepalive_interval = Some(Duration::from_secs(10));
+    let cfg = Config {
+        keepalive_interval: Some(Duration::from_secs(10)),
+        ..Config::default()
+    };
     let mut c = Session::new(Mode::Client, cfg);
     let t0 = Instant::now();
     c.handle_timeout(t0);
@@ -571,8 +605,10 @@ fn keepalive_pings_when_idle_and_times_out() {
 
 #[test]
 fn larger_configured_window_is_announced_with_syn() {
-    let mut cfg = Config::default();
-    cfg.initial_window = 1024 * 1024;
+    let cfg = Config {
+        initial_window: 1024 * 1024,
+        ..Config::default()
+    };
     let mut p = Pair::with_configs(1 << 16, Config::default(), cfg);
     let id = p.s.open_stream().unwrap();
     let mut out = Vec::new();
