@@ -675,3 +675,29 @@ fn error_is_send_sync() {
     assert_send_sync::<Handshake>();
     assert_send_sync::<Transport>();
 }
+
+#[test]
+fn finished_handshake_bounds_extra_input() {
+    let a = Keypair::generate_ed25519();
+    let b = Keypair::generate_ed25519();
+    let mut rng = StdRng::seed_from_u64(40);
+    let mut init = Handshake::initiator(&a, None, Config::default()).unwrap();
+    let mut resp = Handshake::responder(&b, Config::default()).unwrap();
+    shuttle(&mut init, &mut resp, &mut rng, 64).unwrap();
+    shuttle(&mut resp, &mut init, &mut rng, 64).unwrap();
+    shuttle(&mut init, &mut resp, &mut rng, 64).unwrap();
+    assert!(resp.is_finished());
+    let chunk = vec![0u8; MAX_FRAME];
+    let mut accepted = 0;
+    let err = loop {
+        match resp.handle_input(&chunk) {
+            Ok(()) => accepted += chunk.len(),
+            Err(e) => break e,
+        }
+        assert!(accepted <= 8 * MAX_FRAME, "no bound enforced");
+    };
+    assert!(matches!(err, Error::BufferFull), "{err:?}");
+    // The bound is not a failure of the handshake itself: the transport gets what was accepted.
+    let (tr, _) = resp.into_transport().unwrap();
+    assert_eq!(tr.buffered_input(), accepted);
+}
