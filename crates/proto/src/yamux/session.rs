@@ -18,6 +18,10 @@ const MAX_CONTROL_BACKLOG: usize = 4096;
 /// When fitting a Data frame to the caller's `max`, never make it smaller than this
 /// (overshooting instead), so we do not emit tiny frames.
 const MIN_FITTED_PAYLOAD: usize = 1024;
+/// An emptied stream buffer with more capacity than this is freed, so idle streams after a
+/// burst do not pin up to a window's worth of memory each (bulk streams pay a few
+/// reallocations per window, negligible next to the copying).
+const SHRINK_EMPTY_ABOVE: usize = 64 * 1024;
 
 /// Where the input parser is.
 #[derive(Debug)]
@@ -428,6 +432,9 @@ impl Session {
         out.extend_from_slice(&a[..from_a]);
         out.extend_from_slice(&b[..len - from_a]);
         s.send_buf.drain(..len);
+        if s.send_buf.is_empty() && s.send_buf.capacity() > SHRINK_EMPTY_ABOVE {
+            s.send_buf = Default::default();
+        }
         s.send_window -= len as u32;
         if s.write_blocked && s.send_buf.len() < self.config.max_send_buffer {
             s.write_blocked = false;
@@ -506,6 +513,9 @@ impl Session {
         buf[from_a..from_a + from_b].copy_from_slice(&b[..from_b]);
         let n = from_a + from_b;
         s.recv_buf.drain(..n);
+        if s.recv_buf.is_empty() && s.recv_buf.capacity() > SHRINK_EMPTY_ABOVE {
+            s.recv_buf = Default::default();
+        }
         // n <= recv_buf.len() <= receive window (a u32).
         if s.credit(n as u32, threshold) {
             self.schedule_ctrl(id);

@@ -686,3 +686,49 @@ proptest! {
         prop_assert_eq!(&got_b, &expected);
     }
 }
+
+#[test]
+fn ping_flood_answers_are_bounded() {
+    let now = Instant::now();
+    let mut s = Session::new(Mode::Server, Config::default());
+    let input: Vec<u8> = (0..1000u32)
+        .flat_map(|v| Header::ping(Flags::SYN, v).encode())
+        .collect();
+    s.handle_input(&input, now).unwrap();
+    let mut out = Vec::new();
+    s.poll_transmit(&mut out, usize::MAX);
+    let answers = frames(&out);
+    assert_eq!(answers.len(), 64);
+    assert_eq!(answers[5], Header::ping(Flags::ACK, 5));
+    // Once sent, new pings are answered again.
+    s.handle_input(&Header::ping(Flags::SYN, 7777).encode(), now)
+        .unwrap();
+    out.clear();
+    s.poll_transmit(&mut out, usize::MAX);
+    assert_eq!(frames(&out), vec![Header::ping(Flags::ACK, 7777)]);
+}
+
+#[test]
+fn refused_stream_flood_ends_the_session() {
+    let now = Instant::now();
+    let cfg = Config {
+        max_streams: 1,
+        ..Config::default()
+    };
+    let mut s = Session::new(Mode::Server, cfg);
+    let mut result = Ok(());
+    for i in 0..5000u32 {
+        result = s.handle_input(
+            &Header::window_update(2 * i + 1, 0, Flags::SYN).encode(),
+            now,
+        );
+        if result.is_err() {
+            break;
+        }
+    }
+    assert_eq!(
+        result,
+        Err(Error::Protocol(ProtocolError::RefusedStreamFlood))
+    );
+    assert!(s.is_closed());
+}
