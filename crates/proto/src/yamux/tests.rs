@@ -732,3 +732,18 @@ fn refused_stream_flood_ends_the_session() {
     );
     assert!(s.is_closed());
 }
+
+#[test]
+fn fin_and_rst_on_window_update_frames_like_go_yamux() {
+    let now = Instant::now();
+    let mut s = Session::new(Mode::Server, Config::default());
+    let mut input = Header::window_update(1, 0, Flags::SYN).encode().to_vec();
+    input.extend_from_slice(&Header::data(1, 2, Flags::NONE).encode());
+    input.extend_from_slice(b"ok");
+    input.extend_from_slice(&Header::window_update(1, 0, Flags::FIN).encode());
+    input.extend_from_slice(&Header::window_update(3, 0, Flags::SYN).encode());
+    input.extend_from_slice(&Header::window_update(3, 0, Flags::RST).encode());
+    s.handle_input(&input, now).unwrap();
+    assert_eq!(read_available(&mut s, 1), (b"ok".to_vec(), true));
+    assert_eq!(s.stream_read(3, &mut [0; 4]), Err(StreamError::Reset));
+}
