@@ -184,8 +184,8 @@ mod tests {
         t.open_circuit(&c, s, a, now).unwrap();
         t.open_circuit(&c, s, b, now).unwrap();
         assert_eq!(t.open_circuit(&c, s, a, now), Err(TableError::CircuitsPerPeer));
-        t.open_circuit(&c, PeerId::random(), b, now).unwrap_err(); // b has 2 already
-        t.open_circuit(&c, PeerId::random(), a, now).unwrap();
+        t.open_circuit(&c, PeerId::random(), b, now).unwrap();
+        assert_eq!(t.open_circuit(&c, PeerId::random(), b, now), Err(TableError::CircuitsFull));
         assert_eq!(t.open_circuit(&c, PeerId::random(), PeerId::random(), now), Err(TableError::NoReservation));
         assert_eq!(t.num_circuits(), 3);
         t.close_circuit(s, a);

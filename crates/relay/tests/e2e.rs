@@ -1,0 +1,118 @@
+//! End to end on loopback: our relay, our listener, our dialer — in one process.
+
+use std::time::Duration;
+
+use circuit_net::protocols::{perf, ping::Pinger};
+use circuit_net::relay_client;
+use circuit_net::{Keypair, Multiaddr, Node, NodeConfig};
+use circuit_proto::relay::Limit;
+use circuit_relay::{Relay, RelayConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).with_test_writer().try_init();
+}
+
+async fn node(listen: &[&str]) -> Node {
+    let mut b = Node::builder(Keypair::generate_ed25519()).config(NodeConfig::default());
+    for l in listen {
+        b = b.listen_on(l.parse().unwrap());
+    }
+    b.build().await.unwrap()
+}
+
+async fn relay(config: RelayConfig) -> (Node, Relay, Multiaddr, Multiaddr) {
+    let n = node(&["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/tcp/0/ws"]).await;
+    let r = Relay::start(&n, config);
+    let addrs = n.listen_addrs();
+    let tcp = n.full_addr(&addrs[0]);
+    let ws = n.full_addr(&addrs[1]);
+    (n, r, tcp, ws)
+}
+
+#[tokio::test]
+async fn direct_connection_ping_and_perf() {
+    init_logs();
+    let a = node(&["/ip4/127.0.0.1/tcp/0"]).await;
+    perf::enable(&a);
+    let b = node(&[]).await;
+    let addr = a.full_addr(&a.listen_addrs()[0]);
+    let conn = b.dial(&addr).await.unwrap();
+    assert_eq!(conn.peer(), a.peer_id());
+    let mut p = Pinger::open(&b, &conn).await.unwrap();
+    for _ in 0..3 {
+        let rtt = p.ping(Duration::from_secs(5)).await.unwrap();
+        assert!(rtt < Duration::from_secs(5));
+    }
+    let r = perf::run(&b, &conn, 3 << 20, 5 << 20).await.unwrap();
+    assert_eq!(r.downloaded, 5 << 20);
+    // Identify ran in the background: a knows b's protocols.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let info = b.peer_info(&a.peer_id()).expect("identify result");
+    assert!(info.protocols.iter().any(|p| p == perf::PROTOCOL), "{:?}", info.protocols);
+}
+
+#[tokio::test]
+async fn relayed_pipe_both_ways_over_tcp_and_ws() {
+    init_logs();
+    let (_rn, relay, tcp, ws) = relay(RelayConfig { limit: Limit::UNLIMITED, ..Default::default() }).await;
+    for relay_addr in [tcp.clone(), ws.clone()] {
+        let listener = node(&[]).await;
+        listener.handle("/test/echo/1.0.0", |mut inc| {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    let n = inc.stream.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    inc.stream.write_all(&buf[..n]).await.unwrap();
+                }
+                inc.stream.shutdown().await.unwrap();
+            });
+        });
+        let r = relay_client::reserve(&listener, &relay_addr).await.unwrap();
+        assert!(r.granted.voucher.is_some(), "our relay signs vouchers");
+        assert!(r.granted.limit == Limit::UNLIMITED);
+        let circuit = r.circuit_addrs[0].clone();
+        assert!(circuit.to_string().contains("/p2p-circuit/p2p/"));
+
+        let dialer = node(&[]).await;
+        let conn = dialer.dial(&circuit).await.unwrap();
+        assert_eq!(conn.peer(), listener.peer_id());
+        assert!(conn.info().relayed);
+        assert!(conn.info().remote_addr.to_string().ends_with("/p2p-circuit"));
+        let mut s = dialer.open_stream(&conn, "/test/echo/1.0.0").await.unwrap();
+        let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 31 + 7) as u8).collect();
+        let (mut rd, mut wr) = tokio::io::split(&mut s);
+        let send = async {
+            wr.write_all(&data).await.unwrap();
+            wr.shutdown().await.unwrap();
+        };
+        let recv = async {
+            let mut got = Vec::new();
+            rd.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let ((), got) = tokio::join!(send, recv);
+        assert_eq!(got.len(), data.len());
+        assert!(got == data);
+    }
+    assert_eq!(relay.num_reservations(), 2);
+}
+
+#[tokio::test]
+async fn refusals_no_reservation_and_full() {
+    init_logs();
+    let (_rn, _relay, tcp, _) = relay(RelayConfig { max_reservations: 1, ..Default::default() }).await;
+    let a = node(&[]).await;
+    relay_client::reserve(&a, &tcp).await.unwrap();
+    let b = node(&[]).await;
+    let err = relay_client::reserve(&b, &tcp).await.unwrap_err();
+    assert!(err.to_string().contains("RESERVATION_REFUSED"), "{err}");
+    let mut circuit = tcp.clone();
+    circuit.push(multiaddr::Protocol::P2pCircuit);
+    circuit.push(multiaddr::Protocol::P2p(b.peer_id()));
+    let err = a.dial(&circuit).await.unwrap_err();
+    assert!(err.to_string().contains("NO_RESERVATION"), "{err}");
+}
