@@ -533,6 +533,45 @@ fn init_logging() {
     }
 }
 
+/// Formats an `ERROR` line; the message is collapsed to one line because some
+/// libp2p errors (e.g. multi-address dial failures) span several lines.
+fn error_line(e: &anyhow::Error) -> String {
+    let msg = format!("{e:#}");
+    format!(
+        "ERROR {}",
+        msg.split_whitespace().collect::<Vec<_>>().join(" ")
+    )
+}
+
+/// Maps a long-running mode's result to an exit code, printing `ERROR` on failure.
+fn exit_code(res: anyhow::Result<()>) -> i32 {
+    match res {
+        Ok(()) => 0,
+        Err(e) => {
+            emit(&error_line(&e));
+            1
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT, so that `relay`/`listen` end with exit 0
+/// when the harness stops them (as the js peer does).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        // Without a SIGTERM handler the default action (terminate) still applies.
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     init_logging();
@@ -543,27 +582,18 @@ async fn main() {
             max_circuit_bytes,
             max_circuit_secs,
             max_reservations,
-        } => match run_relay(
-            listen,
-            max_circuit_bytes,
-            max_circuit_secs,
-            max_reservations,
-        )
-        .await
-        {
-            Ok(()) => 0,
-            Err(e) => {
-                emit(&format!("ERROR {e:#}"));
-                1
+        } => {
+            tokio::select! {
+                res = run_relay(listen, max_circuit_bytes, max_circuit_secs, max_reservations) => exit_code(res),
+                _ = shutdown_signal() => 0,
             }
-        },
-        Mode::Listen { relay } => match run_listen(relay).await {
-            Ok(()) => 0,
-            Err(e) => {
-                emit(&format!("ERROR {e:#}"));
-                1
+        }
+        Mode::Listen { relay } => {
+            tokio::select! {
+                res = run_listen(relay) => exit_code(res),
+                _ = shutdown_signal() => 0,
             }
-        },
+        }
         Mode::Dial { addr, bytes, pings } => {
             let started = Instant::now();
             match tokio::time::timeout(DIAL_TIMEOUT, run_dial(addr, bytes, pings)).await {
@@ -573,7 +603,7 @@ async fn main() {
                     0
                 }
                 Ok(Err(e)) => {
-                    emit(&format!("ERROR {e:#}"));
+                    emit(&error_line(&e));
                     1
                 }
                 Err(_) => {
@@ -643,6 +673,12 @@ mod tests {
         assert_eq!(c.max_circuit_bytes, 0);
         assert_eq!(c.max_circuit_duration, Duration::from_secs(3600));
         assert_eq!(c.max_reservations, 7);
+    }
+
+    #[test]
+    fn error_line_is_a_single_line() {
+        let e = anyhow!("first\nsecond\t third").context("dial");
+        assert_eq!(error_line(&e), "ERROR dial: first second third");
     }
 
     #[test]

@@ -90,6 +90,18 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// Sends SIGTERM and returns the exit status (bounded wait).
+    fn terminate(self) -> ExitStatus {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill -TERM failed");
+        self.finish(Duration::from_secs(10)).1
+    }
+}
+
 impl Drop for Peer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -202,10 +214,13 @@ fn expect_inbound_and_pipe(listener: &Peer, bytes: usize) {
 
 #[test]
 fn tcp_relay_tcp_listener_echoes_one_mib() {
-    let (_relay, tcp, _ws) = start_relay(&[]);
+    let (relay, tcp, _ws) = start_relay(&[]);
     let (listener, id, circuit) = start_listener(&tcp);
     dial_ok(&circuit, &id, 1 << 20, 3);
     expect_inbound_and_pipe(&listener, 1 << 20);
+    // SIGTERM ends the long-running modes cleanly.
+    assert_eq!(listener.terminate().code(), Some(0));
+    assert_eq!(relay.terminate().code(), Some(0));
 }
 
 #[test]
