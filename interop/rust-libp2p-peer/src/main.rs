@@ -480,7 +480,7 @@ async fn run_dial(addr: Multiaddr, bytes: usize, pings: u32) -> anyhow::Result<(
             ev = swarm.select_next_some() => match ev {
                 SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
                     eprintln!("dial: connected to {peer_id} via {:?}", endpoint);
-                    let wanted = expected.map_or(true, |p| p == peer_id);
+                    let wanted = expected.is_none_or(|p| p == peer_id);
                     if target.is_none() && wanted && endpoint.is_dialer() {
                         target = Some(peer_id);
                         emit(&format!("CONNECTED {peer_id}"));
