@@ -101,7 +101,10 @@ pub struct Connection {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("id", &self.info.id).field("peer", &self.info.peer).finish()
+        f.debug_struct("Connection")
+            .field("id", &self.info.id)
+            .field("peer", &self.info.peer)
+            .finish()
     }
 }
 
@@ -132,7 +135,10 @@ impl Connection {
             pings: Vec::new(),
         };
         let shared = Arc::new(Mutex::new(state));
-        let conn = Connection { info: Arc::new(info), shared: shared.clone() };
+        let conn = Connection {
+            info: Arc::new(info),
+            shared: shared.clone(),
+        };
         let driver = Driver {
             conn: conn.clone(),
             io,
@@ -176,7 +182,10 @@ impl Connection {
         if let Some(why) = &st.closed {
             return Err(io::Error::new(io::ErrorKind::NotConnected, why.clone()));
         }
-        let id = st.session.open_stream().map_err(|e| io::Error::other(e.to_string()))?;
+        let id = st
+            .session
+            .open_stream()
+            .map_err(|e| io::Error::other(e.to_string()))?;
         st.wakers.insert(id, Wakers::default());
         st.wake_driver();
         drop(st);
@@ -195,7 +204,8 @@ impl Connection {
             st.pings.push(tx);
             st.wake_driver();
         }
-        rx.await.map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "connection closed"))
+        rx.await
+            .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "connection closed"))
     }
 
     /// Closes the connection: go-away, then the driver ends.
@@ -235,13 +245,21 @@ pub struct Stream {
 
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stream").field("conn", &self.conn.info.id).field("id", &self.id).finish()
+        f.debug_struct("Stream")
+            .field("conn", &self.conn.info.id)
+            .field("id", &self.id)
+            .finish()
     }
 }
 
 impl Stream {
     fn new(conn: Connection, id: StreamId) -> Stream {
-        Stream { conn, id, prefix: Vec::new(), prefix_pos: 0 }
+        Stream {
+            conn,
+            id,
+            prefix: Vec::new(),
+            prefix_pos: 0,
+        }
     }
 
     /// The connection this stream belongs to.
@@ -270,14 +288,20 @@ impl Stream {
 fn stream_err(e: StreamError, closed: &Option<String>) -> io::Error {
     match (e, closed) {
         (_, Some(why)) => io::Error::new(io::ErrorKind::ConnectionAborted, why.clone()),
-        (StreamError::Reset, _) => io::Error::new(io::ErrorKind::ConnectionReset, "stream reset by peer"),
+        (StreamError::Reset, _) => {
+            io::Error::new(io::ErrorKind::ConnectionReset, "stream reset by peer")
+        }
         (StreamError::Closed, _) => io::Error::new(io::ErrorKind::BrokenPipe, "stream closed"),
         (e, _) => io::Error::other(format!("{e:?}")),
     }
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.prefix_pos < this.prefix.len() {
             let n = (this.prefix.len() - this.prefix_pos).min(buf.remaining());
@@ -311,10 +335,17 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let mut st = lock(&self.conn.shared);
         if let Some(why) = &st.closed {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, why.clone())));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                why.clone(),
+            )));
         }
         match st.session.stream_write(self.id, data) {
             Ok(n) => {
@@ -387,7 +418,8 @@ impl Driver {
                         Err(e) => {
                             tracing::debug!(peer = %self.conn.info.peer, "inbound stream refused: acceptor busy");
                             let s = match e {
-                                mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => s,
+                                mpsc::error::TrySendError::Full(s)
+                                | mpsc::error::TrySendError::Closed(s) => s,
                             };
                             // Drop without re-locking: release directly.
                             st.session.stream_reset(s.id);
@@ -496,7 +528,10 @@ impl Future for Driver {
                 this.cipher_pos = 0;
                 this.plain_out.clear();
                 if st.session.poll_transmit(&mut this.plain_out, WRITE_BATCH) > 0 {
-                    if let Err(e) = this.transport.encrypt(&this.plain_out, &mut this.cipher_out) {
+                    if let Err(e) = this
+                        .transport
+                        .encrypt(&this.plain_out, &mut this.cipher_out)
+                    {
                         this.fail(&mut st, format!("noise: {e}"));
                     }
                 }
@@ -531,7 +566,11 @@ impl Future for Driver {
                     this.shutdown_sent = true;
                     let _ = Pin::new(&mut this.io).poll_shutdown(cx);
                 }
-                let why = if closed { None } else { Some("session ended".to_string()) };
+                let why = if closed {
+                    None
+                } else {
+                    Some("session ended".to_string())
+                };
                 if let Some(why) = why {
                     this.fail(&mut st, why);
                 }

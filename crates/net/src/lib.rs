@@ -23,6 +23,6 @@ pub mod transport;
 pub mod upgrade;
 
 pub use connection::{Connection, ConnectionInfo, Direction, Stream};
-pub use node::{DialError, IncomingStream, Node, NodeBuilder, NodeConfig, NodeEvent, PeerInfo};
 pub use libp2p_identity::{Keypair, PeerId};
 pub use multiaddr::Multiaddr;
+pub use node::{DialError, IncomingStream, Node, NodeBuilder, NodeConfig, NodeEvent, PeerInfo};

@@ -182,7 +182,11 @@ pub struct NodeBuilder {
 impl NodeBuilder {
     /// Starts from an identity with default settings.
     pub fn new(keypair: Keypair) -> Self {
-        NodeBuilder { keypair, config: NodeConfig::default(), listen: Vec::new() }
+        NodeBuilder {
+            keypair,
+            config: NodeConfig::default(),
+            listen: Vec::new(),
+        }
     }
 
     /// Replaces the settings.
@@ -254,7 +258,11 @@ impl Node {
 
     /// A copy of the settings.
     pub fn config(&self) -> NodeConfig {
-        self.inner.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner
+            .config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Subscribes to node events.
@@ -268,17 +276,32 @@ impl Node {
 
     /// Registers a protocol handler (replaces an earlier one for the same id).
     pub fn handle(&self, protocol: &str, handler: impl Fn(IncomingStream) + Send + Sync + 'static) {
-        self.inner.handlers.write().unwrap_or_else(|e| e.into_inner()).insert(protocol.to_string(), Arc::new(handler));
+        self.inner
+            .handlers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(protocol.to_string(), Arc::new(handler));
     }
 
     /// Removes a protocol handler.
     pub fn unhandle(&self, protocol: &str) {
-        self.inner.handlers.write().unwrap_or_else(|e| e.into_inner()).remove(protocol);
+        self.inner
+            .handlers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(protocol);
     }
 
     /// Protocols we serve, sorted.
     pub fn protocols(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.inner.handlers.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        let mut v: Vec<String> = self
+            .inner
+            .handlers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         v.sort();
         v
     }
@@ -286,9 +309,18 @@ impl Node {
     /// Binds a listener and starts accepting; returns the bound addresses
     /// (the real port; `0.0.0.0`/`::` expanded to interface addresses), without `/p2p`.
     pub async fn listen(&self, addr: Multiaddr) -> Result<Vec<Multiaddr>, DialError> {
-        let listener = Listener::bind(&addr).await.map_err(|source| DialError::Transport { addr: addr.clone(), source })?;
+        let listener = Listener::bind(&addr)
+            .await
+            .map_err(|source| DialError::Transport {
+                addr: addr.clone(),
+                source,
+            })?;
         let bound = expand_unspecified(listener.local_addr());
-        self.inner.listen_addrs.lock().unwrap_or_else(|e| e.into_inner()).extend(bound.iter().cloned());
+        self.inner
+            .listen_addrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(bound.iter().cloned());
         let node = self.clone();
         let span = tracing::info_span!("listener", addr = %listener.local_addr());
         tokio::spawn(async move { node.accept_loop(listener).await }.instrument(span));
@@ -299,8 +331,18 @@ impl Node {
     /// addresses; plus extra ones (relay circuit addresses). Without `/p2p/<self>`.
     pub fn addresses(&self) -> Vec<Multiaddr> {
         let announce = self.config().announce;
-        let mut v = if announce.is_empty() { self.listen_addrs() } else { announce };
-        for a in self.inner.extra_addrs.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let mut v = if announce.is_empty() {
+            self.listen_addrs()
+        } else {
+            announce
+        };
+        for a in self
+            .inner
+            .extra_addrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             if !v.contains(a) {
                 v.push(a.clone());
             }
@@ -310,13 +352,21 @@ impl Node {
 
     /// The bound listen addresses.
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
-        self.inner.listen_addrs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner
+            .listen_addrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Adds an address to those we announce (e.g. a relay circuit address); pushes identify.
     pub fn add_address(&self, addr: Multiaddr) {
         {
-            let mut v = self.inner.extra_addrs.lock().unwrap_or_else(|e| e.into_inner());
+            let mut v = self
+                .inner
+                .extra_addrs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if v.contains(&addr) {
                 return;
             }
@@ -328,7 +378,11 @@ impl Node {
     /// Removes an announced address; pushes identify.
     pub fn remove_address(&self, addr: &Multiaddr) {
         let removed = {
-            let mut v = self.inner.extra_addrs.lock().unwrap_or_else(|e| e.into_inner());
+            let mut v = self
+                .inner
+                .extra_addrs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let before = v.len();
             v.retain(|a| a != addr);
             before != v.len()
@@ -340,11 +394,20 @@ impl Node {
 
     /// What identify told us about `peer`.
     pub fn peer_info(&self, peer: &PeerId) -> Option<PeerInfo> {
-        self.inner.peers.lock().unwrap_or_else(|e| e.into_inner()).get(peer).cloned()
+        self.inner
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .cloned()
     }
 
     pub(crate) fn set_peer_info(&self, peer: PeerId, info: PeerInfo) {
-        self.inner.peers.lock().unwrap_or_else(|e| e.into_inner()).insert(peer, info.clone());
+        self.inner
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer, info.clone());
         self.emit(NodeEvent::Identified { peer, info });
     }
 
@@ -364,12 +427,26 @@ impl Node {
 
     /// All live connections.
     pub fn connections(&self) -> Vec<Connection> {
-        self.inner.connections.lock().unwrap_or_else(|e| e.into_inner()).values().flatten().filter(|c| !c.is_closed()).cloned().collect()
+        self.inner
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .flatten()
+            .filter(|c| !c.is_closed())
+            .cloned()
+            .collect()
     }
 
     /// Number of live connections.
     pub fn num_connections(&self) -> usize {
-        self.inner.connections.lock().unwrap_or_else(|e| e.into_inner()).values().map(Vec::len).sum()
+        self.inner
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 
     async fn accept_loop(self, listener: Listener) {
@@ -425,9 +502,24 @@ impl Node {
     }
 
     /// Secures and multiplexes a raw channel and registers the connection.
-    pub(crate) async fn upgrade(&self, mut io: BoxedIo, local_addr: Multiaddr, remote_addr: Multiaddr, direction: Direction, expected: Option<PeerId>, relayed: bool) -> Result<Connection, UpgradeError> {
+    pub(crate) async fn upgrade(
+        &self,
+        mut io: BoxedIo,
+        local_addr: Multiaddr,
+        remote_addr: Multiaddr,
+        direction: Direction,
+        expected: Option<PeerId>,
+        relayed: bool,
+    ) -> Result<Connection, UpgradeError> {
         let cfg = self.config();
-        let secured = upgrade::secure(&mut io, &self.inner.keypair, direction == Direction::Outbound, expected, cfg.timeouts).await?;
+        let secured = upgrade::secure(
+            &mut io,
+            &self.inner.keypair,
+            direction == Direction::Outbound,
+            expected,
+            cfg.timeouts,
+        )
+        .await?;
         let info = ConnectionInfo {
             id: 0,
             peer: secured.outcome.remote_peer,
@@ -438,9 +530,22 @@ impl Node {
             relayed,
         };
         let (tx, rx) = mpsc::channel(cfg.max_negotiating_streams);
-        let (conn, driver) = Connection::new(io, secured.transport, secured.plaintext, info, cfg.yamux.clone(), tx);
+        let (conn, driver) = Connection::new(
+            io,
+            secured.transport,
+            secured.plaintext,
+            info,
+            cfg.yamux.clone(),
+            tx,
+        );
         let peer = conn.peer();
-        self.inner.connections.lock().unwrap_or_else(|e| e.into_inner()).entry(peer).or_default().push(conn.clone());
+        self.inner
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(peer)
+            .or_default()
+            .push(conn.clone());
         tracing::debug!(%peer, remote = %conn.info().remote_addr, relayed, ?direction, "connection established");
         self.emit(NodeEvent::ConnectionEstablished(conn.info().clone()));
 
@@ -463,7 +568,11 @@ impl Node {
     fn remove_connection(&self, conn: &Connection) {
         let peer = conn.peer();
         {
-            let mut map = self.inner.connections.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = self
+                .inner
+                .connections
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if let Some(v) = map.get_mut(&peer) {
                 v.retain(|c| c.id() != conn.id());
                 if v.is_empty() {
@@ -481,13 +590,30 @@ impl Node {
             let node = self.clone();
             tokio::spawn(async move {
                 let supported = node.protocols();
-                match upgrade::select_listener(&mut stream, supported, Stage::StreamNegotiation, timeout).await {
+                match upgrade::select_listener(
+                    &mut stream,
+                    supported,
+                    Stage::StreamNegotiation,
+                    timeout,
+                )
+                .await
+                {
                     Ok((protocol, leftover)) => {
                         stream.unread(leftover);
-                        let handler = node.inner.handlers.read().unwrap_or_else(|e| e.into_inner()).get(&protocol).cloned();
+                        let handler = node
+                            .inner
+                            .handlers
+                            .read()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(&protocol)
+                            .cloned();
                         if let Some(h) = handler {
                             let connection = stream.connection().clone();
-                            h(IncomingStream { stream, protocol, connection });
+                            h(IncomingStream {
+                                stream,
+                                protocol,
+                                connection,
+                            });
                         }
                     }
                     Err(e) => tracing::debug!(error = %e, "inbound stream negotiation failed"),
@@ -499,7 +625,10 @@ impl Node {
     /// Dials an address: direct (`/ip4/…/tcp/N[/ws][/p2p/ID]`) or relayed
     /// (`<relay addr>/p2p/R/p2p-circuit/p2p/A`). Reuses a live connection to a known peer.
     pub async fn dial(&self, addr: &Multiaddr) -> Result<Connection, DialError> {
-        let bad = |reason: String| DialError::BadAddress { addr: addr.clone(), reason };
+        let bad = |reason: String| DialError::BadAddress {
+            addr: addr.clone(),
+            reason,
+        };
         if let Some(c) = waddr::parse_circuit(addr).map_err(|e| bad(e.to_string()))? {
             // Boxed: dialing a circuit dials its relay first (async recursion).
             return Box::pin(crate::relay_client::dial_circuit(self, addr, c)).await;
@@ -509,28 +638,56 @@ impl Node {
             if p == self.peer_id() {
                 return Err(bad("that is our own peer id".into()));
             }
-            if let Some(c) = self.connections_to(&p).into_iter().find(|c| !c.info().relayed) {
+            if let Some(c) = self
+                .connections_to(&p)
+                .into_iter()
+                .find(|c| !c.info().relayed)
+            {
                 return Ok(c);
             }
         }
         let timeout = self.config().dial_timeout;
-        let raw: RawConnection = match tokio::time::timeout(timeout, transport::dial(&taddr)).await {
+        let raw: RawConnection = match tokio::time::timeout(timeout, transport::dial(&taddr)).await
+        {
             Ok(Ok(raw)) => raw,
-            Ok(Err(source)) => return Err(DialError::Transport { addr: addr.clone(), source }),
+            Ok(Err(source)) => {
+                return Err(DialError::Transport {
+                    addr: addr.clone(),
+                    source,
+                })
+            }
             Err(_) => return Err(DialError::Timeout(addr.clone())),
         };
-        self.upgrade(raw.io, raw.local_addr, raw.remote_addr, Direction::Outbound, peer, false)
-            .await
-            .map_err(|source| DialError::Upgrade { addr: addr.clone(), source })
+        self.upgrade(
+            raw.io,
+            raw.local_addr,
+            raw.remote_addr,
+            Direction::Outbound,
+            peer,
+            false,
+        )
+        .await
+        .map_err(|source| DialError::Upgrade {
+            addr: addr.clone(),
+            source,
+        })
     }
 
     /// Opens a stream on `conn` and negotiates `protocol` on it.
-    pub async fn open_stream(&self, conn: &Connection, protocol: &str) -> Result<Stream, DialError> {
+    pub async fn open_stream(
+        &self,
+        conn: &Connection,
+        protocol: &str,
+    ) -> Result<Stream, DialError> {
         let mut s = conn.open_raw_stream()?;
         let timeout = self.config().timeouts.negotiation;
-        let (_, leftover) = upgrade::select_dialer(&mut s, &[protocol], Stage::StreamNegotiation, timeout)
-            .await
-            .map_err(|source| DialError::Upgrade { addr: conn.info().remote_addr.clone(), source })?;
+        let (_, leftover) =
+            upgrade::select_dialer(&mut s, &[protocol], Stage::StreamNegotiation, timeout)
+                .await
+                .map_err(|source| DialError::Upgrade {
+                    addr: conn.info().remote_addr.clone(),
+                    source,
+                })?;
         s.unread(leftover);
         Ok(s)
     }
@@ -543,7 +700,9 @@ impl Node {
 
     /// The public key of a connected peer.
     pub fn remote_key(&self, peer: &PeerId) -> Option<PublicKey> {
-        self.connections_to(peer).first().map(|c| c.info().remote_key.clone())
+        self.connections_to(peer)
+            .first()
+            .map(|c| c.info().remote_key.clone())
     }
 
     /// Adds `/p2p/<self>` to an address.

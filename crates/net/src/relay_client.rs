@@ -26,7 +26,10 @@ pub use circuit_proto::relay::{HOP_PROTOCOL, STOP_PROTOCOL};
 pub const RELAY_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The remote address of a relayed connection: `<relay conn remote addr>/p2p/<relay>/p2p-circuit`.
@@ -71,7 +74,9 @@ pub async fn reserve(node: &Node, relay_addr: &Multiaddr) -> Result<Reservation,
 /// Sends one RESERVE on an existing connection to a relay.
 pub async fn reserve_on(node: &Node, conn: &Connection) -> Result<Reservation, ReserveError> {
     if conn.info().relayed {
-        return Err(ReserveError::Io(std::io::Error::other("cannot reserve over a relayed connection")));
+        return Err(ReserveError::Io(std::io::Error::other(
+            "cannot reserve over a relayed connection",
+        )));
     }
     let relay = conn.peer();
     let mut s = node.open_stream(conn, HOP_PROTOCOL).await?;
@@ -81,7 +86,9 @@ pub async fn reserve_on(node: &Node, conn: &Connection) -> Result<Reservation, R
     };
     let answer = tokio::time::timeout(RELAY_IO_TIMEOUT, exchange)
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "relay did not answer RESERVE"))??;
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "relay did not answer RESERVE")
+        })??;
     let _ = s.shutdown().await;
     let granted = core::parse_reserve_response(&answer, &relay, &node.peer_id(), now_unix())?;
     if granted.addrs.is_empty() {
@@ -97,7 +104,11 @@ pub async fn reserve_on(node: &Node, conn: &Connection) -> Result<Reservation, R
             c
         })
         .collect();
-    Ok(Reservation { relay, granted, circuit_addrs })
+    Ok(Reservation {
+        relay,
+        granted,
+        circuit_addrs,
+    })
 }
 
 /// Events of a kept reservation.
@@ -142,7 +153,10 @@ impl Drop for KeptReservation {
 pub fn keep_reservation(node: &Node, relay_addr: Multiaddr) -> KeptReservation {
     let stop = Arc::new(AtomicBool::new(false));
     let (events, _) = broadcast::channel(64);
-    let kept = KeptReservation { stop: stop.clone(), events: events.clone() };
+    let kept = KeptReservation {
+        stop: stop.clone(),
+        events: events.clone(),
+    };
     let node = node.clone();
     tokio::spawn(async move {
         let mut backoff = Duration::from_secs(1);
@@ -157,7 +171,11 @@ pub fn keep_reservation(node: &Node, relay_addr: Multiaddr) -> KeptReservation {
                         }
                     }
                     // Announce without our own /p2p suffix, as listen addresses are.
-                    current = r.circuit_addrs.iter().map(|a| waddr::split_p2p(a).0).collect();
+                    current = r
+                        .circuit_addrs
+                        .iter()
+                        .map(|a| waddr::split_p2p(a).0)
+                        .collect();
                     for a in &current {
                         node.add_address(a.clone());
                     }
@@ -165,7 +183,10 @@ pub fn keep_reservation(node: &Node, relay_addr: Multiaddr) -> KeptReservation {
                     // Refresh at 3/4 of the remaining lifetime (as rust-libp2p), at least every 10 s apart.
                     let left = r.granted.expire.saturating_sub(now_unix());
                     let wait = Duration::from_secs((left * 3 / 4).max(10));
-                    let conn = node.connections_to(&r.relay).into_iter().find(|c| !c.info().relayed);
+                    let conn = node
+                        .connections_to(&r.relay)
+                        .into_iter()
+                        .find(|c| !c.info().relayed);
                     let deadline = tokio::time::Instant::now() + wait;
                     loop {
                         if stop.load(Ordering::Relaxed) || tokio::time::Instant::now() >= deadline {
@@ -175,7 +196,10 @@ pub fn keep_reservation(node: &Node, relay_addr: Multiaddr) -> KeptReservation {
                             tracing::info!(relay = %r.relay, "connection to relay lost; reserving again");
                             break;
                         }
-                        tokio::time::sleep(Duration::from_millis(250).min(deadline - tokio::time::Instant::now())).await;
+                        tokio::time::sleep(
+                            Duration::from_millis(250).min(deadline - tokio::time::Instant::now()),
+                        )
+                        .await;
                     }
                 }
                 Err(e) => {
@@ -183,7 +207,11 @@ pub fn keep_reservation(node: &Node, relay_addr: Multiaddr) -> KeptReservation {
                         node.remove_address(&a);
                     }
                     tracing::warn!(relay = %relay_addr, error = %e, retry_in = ?backoff, "reservation failed");
-                    let _ = events.send(ReservationEvent::Failed { relay_addr: relay_addr.clone(), error: e.to_string(), retry_in: backoff });
+                    let _ = events.send(ReservationEvent::Failed {
+                        relay_addr: relay_addr.clone(),
+                        error: e.to_string(),
+                        retry_in: backoff,
+                    });
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(60));
                 }
@@ -197,9 +225,16 @@ pub fn keep_reservation(node: &Node, relay_addr: Multiaddr) -> KeptReservation {
 }
 
 /// Dials `target` through a relay, as described by a parsed circuit address.
-pub(crate) async fn dial_circuit(node: &Node, addr: &Multiaddr, c: CircuitAddr) -> Result<Connection, DialError> {
+pub(crate) async fn dial_circuit(
+    node: &Node,
+    addr: &Multiaddr,
+    c: CircuitAddr,
+) -> Result<Connection, DialError> {
     if c.target == node.peer_id() {
-        return Err(DialError::BadAddress { addr: addr.clone(), reason: "that is our own peer id".into() });
+        return Err(DialError::BadAddress {
+            addr: addr.clone(),
+            reason: "that is our own peer id".into(),
+        });
     }
     let relay_conn = match (&c.relay_addr, c.relay) {
         (Some(ra), Some(relay)) => node.dial(&waddr::with_p2p(ra.clone(), relay)).await?,
@@ -229,7 +264,11 @@ pub(crate) async fn dial_circuit(node: &Node, addr: &Multiaddr, c: CircuitAddr) 
 }
 
 /// Opens a circuit to `target` through the relay on `relay_conn` and upgrades it.
-pub async fn connect_via(node: &Node, relay_conn: &Connection, target: PeerId) -> Result<Connection, DialError> {
+pub async fn connect_via(
+    node: &Node,
+    relay_conn: &Connection,
+    target: PeerId,
+) -> Result<Connection, DialError> {
     let relay = relay_conn.peer();
     let mut s = node.open_stream(relay_conn, HOP_PROTOCOL).await?;
     let exchange = async {
@@ -238,15 +277,29 @@ pub async fn connect_via(node: &Node, relay_conn: &Connection, target: PeerId) -
     };
     let answer = tokio::time::timeout(RELAY_IO_TIMEOUT, exchange)
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "relay did not answer CONNECT"))??;
-    let limit = core::parse_connect_response(&answer).map_err(|status| DialError::RelayRefused { relay, target, status })?;
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "relay did not answer CONNECT")
+        })??;
+    let limit =
+        core::parse_connect_response(&answer).map_err(|status| DialError::RelayRefused {
+            relay,
+            target,
+            status,
+        })?;
     tracing::debug!(%relay, %target, ?limit, "circuit open; upgrading");
     let remote = circuit_remote_addr(relay_conn);
     let local = relay_conn.info().local_addr.clone();
     let addr = remote.clone();
-    node.upgrade(Box::new(s), local, remote, Direction::Outbound, Some(target), true)
-        .await
-        .map_err(|source| DialError::Upgrade { addr, source })
+    node.upgrade(
+        Box::new(s),
+        local,
+        remote,
+        Direction::Outbound,
+        Some(target),
+        true,
+    )
+    .await
+    .map_err(|source| DialError::Upgrade { addr, source })
 }
 
 pub(crate) fn install_stop(node: &Node) {
@@ -262,17 +315,22 @@ pub(crate) fn install_stop(node: &Node) {
     });
 }
 
-async fn handle_stop(node: &Node, mut s: crate::connection::Stream, relay_conn: &Connection) -> Result<(), String> {
+async fn handle_stop(
+    node: &Node,
+    mut s: crate::connection::Stream,
+    relay_conn: &Connection,
+) -> Result<(), String> {
     if relay_conn.info().relayed {
         let _ = framed::write_message(&mut s, &core::stop_status(Status::PermissionDenied)).await;
         return Err("stop over a relayed connection refused".into());
     }
-    let msg = tokio::time::timeout(RELAY_IO_TIMEOUT, framed::read_message::<StopMessage>(&mut s, core::MAX_MESSAGE))
-        .await
-        .map_err(|_| "relay sent no CONNECT".to_string())?
-        .map_err(|e| {
-            format!("reading CONNECT: {e}")
-        })?;
+    let msg = tokio::time::timeout(
+        RELAY_IO_TIMEOUT,
+        framed::read_message::<StopMessage>(&mut s, core::MAX_MESSAGE),
+    )
+    .await
+    .map_err(|_| "relay sent no CONNECT".to_string())?
+    .map_err(|e| format!("reading CONNECT: {e}"))?;
     let (src, limit) = match core::parse_stop_connect(&msg) {
         Ok(x) => x,
         Err(status) => {
@@ -280,7 +338,9 @@ async fn handle_stop(node: &Node, mut s: crate::connection::Stream, relay_conn: 
             return Err(format!("bad stop message: {}", core::status_str(status)));
         }
     };
-    framed::write_message(&mut s, &core::stop_status(Status::Ok)).await.map_err(|e| e.to_string())?;
+    framed::write_message(&mut s, &core::stop_status(Status::Ok))
+        .await
+        .map_err(|e| e.to_string())?;
     tracing::debug!(relay = %relay_conn.peer(), %src, ?limit, "accepting circuit");
     let remote = circuit_remote_addr(relay_conn);
     let local = relay_conn.info().local_addr.clone();
@@ -299,6 +359,11 @@ async fn handle_stop(node: &Node, mut s: crate::connection::Stream, relay_conn: 
 pub fn describe_limit(limit: &Limit) -> String {
     match (limit.duration, limit.data) {
         (None, None) => "unlimited".into(),
-        (d, b) => format!("{}{}", d.map(|d| format!("{}s ", d.as_secs())).unwrap_or_default(), b.map(|b| format!("{b} bytes/direction")).unwrap_or_default()),
+        (d, b) => format!(
+            "{}{}",
+            d.map(|d| format!("{}s ", d.as_secs())).unwrap_or_default(),
+            b.map(|b| format!("{b} bytes/direction"))
+                .unwrap_or_default()
+        ),
     }
 }

@@ -149,10 +149,15 @@ pub async fn dial(addr: &Multiaddr) -> Result<RawConnection, TransportError> {
             Err(e) => last_err = Some(e),
         }
     }
-    Err(last_err.map(TransportError::Io).unwrap_or_else(|| TransportError::Resolve(addr.to_string())))
+    Err(last_err
+        .map(TransportError::Io)
+        .unwrap_or_else(|| TransportError::Resolve(addr.to_string())))
 }
 
-async fn finish_dial(tcp: TcpStream, target: &TransportAddr) -> Result<RawConnection, TransportError> {
+async fn finish_dial(
+    tcp: TcpStream,
+    target: &TransportAddr,
+) -> Result<RawConnection, TransportError> {
     tcp.set_nodelay(true)?;
     let local_addr = socket_multiaddr(tcp.local_addr()?, target.ws);
     let remote_addr = socket_multiaddr(tcp.peer_addr()?, target.ws);
@@ -170,7 +175,11 @@ async fn finish_dial(tcp: TcpStream, target: &TransportAddr) -> Result<RawConnec
     } else {
         Box::new(tcp)
     };
-    Ok(RawConnection { io, local_addr, remote_addr })
+    Ok(RawConnection {
+        io,
+        local_addr,
+        remote_addr,
+    })
 }
 
 /// A bound listener.
@@ -189,7 +198,11 @@ impl Listener {
             Host::Dns(..) => return Err(TransportError::Unsupported(addr.clone())),
         };
         let sa = SocketAddr::new(ip, t.port);
-        let socket = if ip.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        let socket = if ip.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
         socket.set_reuseaddr(true)?;
         if ip.is_ipv6() {
             // Keep `::` to IPv6 only so that `0.0.0.0` with the same port can be bound beside it.
@@ -198,7 +211,11 @@ impl Listener {
         socket.bind(sa)?;
         let tcp = socket.listen(1024)?;
         let local = socket_multiaddr(tcp.local_addr()?, t.ws);
-        Ok(Listener { tcp, ws: t.ws, local })
+        Ok(Listener {
+            tcp,
+            ws: t.ws,
+            local,
+        })
     }
 
     /// The bound address, with the real port.
@@ -231,7 +248,11 @@ pub async fn accept_upgrade(tcp: TcpStream, ws: bool) -> Result<RawConnection, T
     } else {
         Box::new(tcp)
     };
-    Ok(RawConnection { io, local_addr, remote_addr })
+    Ok(RawConnection {
+        io,
+        local_addr,
+        remote_addr,
+    })
 }
 
 fn socket2_set_only_v6(socket: &tokio::net::TcpSocket) -> io::Result<()> {
@@ -249,7 +270,11 @@ pub struct WsIo<S> {
 
 impl<S> WsIo<S> {
     fn new(ws: WebSocketStream<S>) -> Self {
-        WsIo { ws, read_buf: Bytes::new(), closed: false }
+        WsIo {
+            ws,
+            read_buf: Bytes::new(),
+            closed: false,
+        }
     }
 }
 
@@ -258,7 +283,11 @@ fn ws_err(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         loop {
             if !self.read_buf.is_empty() {
                 let n = self.read_buf.len().min(buf.remaining());
@@ -285,7 +314,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let ws = Pin::new(&mut self.ws);
         match ws.poll_ready(cx) {
             Poll::Pending => return Poll::Pending,
@@ -319,9 +352,15 @@ mod tests {
         let a: Multiaddr = "/ip6/::1/tcp/4002/ws".parse().unwrap();
         assert!(TransportAddr::parse(&a).unwrap().ws);
         let a: Multiaddr = "/dns4/example.com/tcp/443/ws".parse().unwrap();
-        assert_eq!(TransportAddr::parse(&a).unwrap().host, Host::Dns("example.com".into(), Some(false)));
+        assert_eq!(
+            TransportAddr::parse(&a).unwrap().host,
+            Host::Dns("example.com".into(), Some(false))
+        );
         let a: Multiaddr = "/ip4/127.0.0.1/udp/1/quic-v1".parse().unwrap();
-        assert!(matches!(TransportAddr::parse(&a), Err(TransportError::Unsupported(_))));
+        assert!(matches!(
+            TransportAddr::parse(&a),
+            Err(TransportError::Unsupported(_))
+        ));
     }
 
     async fn roundtrip(listen: &str) {

@@ -76,13 +76,19 @@ impl UpgradeError {
     /// The stage that failed.
     pub fn stage(&self) -> Stage {
         match self {
-            UpgradeError::Timeout { stage, .. } | UpgradeError::Negotiation { stage, .. } | UpgradeError::Io { stage, .. } => *stage,
+            UpgradeError::Timeout { stage, .. }
+            | UpgradeError::Negotiation { stage, .. }
+            | UpgradeError::Io { stage, .. } => *stage,
             UpgradeError::Noise(_) => Stage::Noise,
         }
     }
 }
 
-async fn with_timeout<T>(stage: Stage, after: Duration, f: impl std::future::Future<Output = Result<T, UpgradeError>>) -> Result<T, UpgradeError> {
+async fn with_timeout<T>(
+    stage: Stage,
+    after: Duration,
+    f: impl std::future::Future<Output = Result<T, UpgradeError>>,
+) -> Result<T, UpgradeError> {
     match tokio::time::timeout(after, f).await {
         Ok(r) => r,
         Err(_) => Err(UpgradeError::Timeout { stage, after }),
@@ -132,7 +138,11 @@ impl Negotiation for multistream::Listener {
     }
 }
 
-async fn drive_plain<S: AsyncRead + AsyncWrite + Unpin, N: Negotiation>(io: &mut S, core: &mut N, stage: Stage) -> Result<(String, Vec<u8>), UpgradeError> {
+async fn drive_plain<S: AsyncRead + AsyncWrite + Unpin, N: Negotiation>(
+    io: &mut S,
+    core: &mut N,
+    stage: Stage,
+) -> Result<(String, Vec<u8>), UpgradeError> {
     let io_err = |source| UpgradeError::Io { stage, source };
     let neg_err = |source| UpgradeError::Negotiation { stage, source };
     let mut out = Vec::new();
@@ -155,13 +165,24 @@ async fn drive_plain<S: AsyncRead + AsyncWrite + Unpin, N: Negotiation>(io: &mut
 }
 
 /// Proposes `protocols` in order on a raw channel; returns the agreed one and bytes read past it.
-pub async fn select_dialer<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, protocols: &[&str], stage: Stage, timeout: Duration) -> Result<(String, Vec<u8>), UpgradeError> {
-    let mut core = multistream::Dialer::new(protocols.iter().map(|p| p.to_string()).collect(), false);
+pub async fn select_dialer<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    protocols: &[&str],
+    stage: Stage,
+    timeout: Duration,
+) -> Result<(String, Vec<u8>), UpgradeError> {
+    let mut core =
+        multistream::Dialer::new(protocols.iter().map(|p| p.to_string()).collect(), false);
     with_timeout(stage, timeout, drive_plain(io, &mut core, stage)).await
 }
 
 /// Answers a multistream-select negotiation; returns the chosen protocol and bytes read past it.
-pub async fn select_listener<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, supported: Vec<String>, stage: Stage, timeout: Duration) -> Result<(String, Vec<u8>), UpgradeError> {
+pub async fn select_listener<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    supported: Vec<String>,
+    stage: Stage,
+    timeout: Duration,
+) -> Result<(String, Vec<u8>), UpgradeError> {
     let mut core = multistream::Listener::new(supported);
     with_timeout(stage, timeout, drive_plain(io, &mut core, stage)).await
 }
@@ -187,21 +208,50 @@ pub struct UpgradeTimeouts {
 
 impl Default for UpgradeTimeouts {
     fn default() -> Self {
-        UpgradeTimeouts { negotiation: Duration::from_secs(10), handshake: Duration::from_secs(15) }
+        UpgradeTimeouts {
+            negotiation: Duration::from_secs(10),
+            handshake: Duration::from_secs(15),
+        }
     }
 }
 
 /// Runs multistream (`/noise`) → Noise → muxer selection on a raw channel.
 ///
 /// `expected` is the peer id we dialed, checked against the Noise identity.
-pub async fn secure<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, keypair: &Keypair, initiator: bool, expected: Option<PeerId>, timeouts: UpgradeTimeouts) -> Result<Secured, UpgradeError> {
+pub async fn secure<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    keypair: &Keypair,
+    initiator: bool,
+    expected: Option<PeerId>,
+    timeouts: UpgradeTimeouts,
+) -> Result<Secured, UpgradeError> {
     let leftover = if initiator {
-        select_dialer(io, &[noise::PROTOCOL_ID], Stage::SecurityNegotiation, timeouts.negotiation).await?.1
+        select_dialer(
+            io,
+            &[noise::PROTOCOL_ID],
+            Stage::SecurityNegotiation,
+            timeouts.negotiation,
+        )
+        .await?
+        .1
     } else {
-        select_listener(io, vec![noise::PROTOCOL_ID.to_string()], Stage::SecurityNegotiation, timeouts.negotiation).await?.1
+        select_listener(
+            io,
+            vec![noise::PROTOCOL_ID.to_string()],
+            Stage::SecurityNegotiation,
+            timeouts.negotiation,
+        )
+        .await?
+        .1
     };
-    let config = noise::Config { muxers: vec![YAMUX.to_string()] };
-    let mut hs = if initiator { noise::Handshake::initiator(keypair, expected, config)? } else { noise::Handshake::responder(keypair, config)? };
+    let config = noise::Config {
+        muxers: vec![YAMUX.to_string()],
+    };
+    let mut hs = if initiator {
+        noise::Handshake::initiator(keypair, expected, config)?
+    } else {
+        noise::Handshake::responder(keypair, config)?
+    };
     let stage = Stage::Noise;
     let io_err = |source| UpgradeError::Io { stage, source };
     let (mut transport, outcome) = with_timeout(stage, timeouts.handshake, async {
@@ -241,7 +291,9 @@ pub async fn secure<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, keypair: &Key
         let io_err = |source| UpgradeError::Io { stage, source };
         let neg_err = |source| UpgradeError::Negotiation { stage, source };
         plaintext = with_timeout(stage, timeouts.negotiation, async {
-            transport.read_plaintext(&mut plaintext).map_err(UpgradeError::Noise)?;
+            transport
+                .read_plaintext(&mut plaintext)
+                .map_err(UpgradeError::Noise)?;
             let mut pending = std::mem::take(&mut plaintext);
             let mut out = Vec::new();
             let mut cipher = Vec::new();
@@ -271,5 +323,9 @@ pub async fn secure<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, keypair: &Key
         })
         .await?;
     }
-    Ok(Secured { transport, outcome, plaintext })
+    Ok(Secured {
+        transport,
+        outcome,
+        plaintext,
+    })
 }

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use circuit_wire::pb::relay::{hop_message, stop_message, HopMessage, Limit as PbLimit, Peer, Reservation, Status, StopMessage};
+use circuit_wire::pb::relay::{
+    hop_message, stop_message, HopMessage, Limit as PbLimit, Peer, Reservation, Status, StopMessage,
+};
 use circuit_wire::record::Voucher;
 use libp2p_identity::PeerId;
 use multiaddr::Multiaddr;
@@ -28,10 +30,16 @@ pub struct Limit {
 
 impl Limit {
     /// No limit at all.
-    pub const UNLIMITED: Limit = Limit { duration: None, data: None };
+    pub const UNLIMITED: Limit = Limit {
+        duration: None,
+        data: None,
+    };
 
     /// go-libp2p's default: 2 minutes, 128 KiB per direction.
-    pub const GO_DEFAULT: Limit = Limit { duration: Some(Duration::from_secs(120)), data: Some(1 << 17) };
+    pub const GO_DEFAULT: Limit = Limit {
+        duration: Some(Duration::from_secs(120)),
+        data: Some(1 << 17),
+    };
 
     /// Whether any limit applies.
     pub fn is_limited(&self) -> bool {
@@ -45,7 +53,9 @@ impl Limit {
             return None;
         }
         Some(PbLimit {
-            duration: self.duration.map(|d| d.as_secs().clamp(1, u32::MAX as u64) as u32),
+            duration: self
+                .duration
+                .map(|d| d.as_secs().clamp(1, u32::MAX as u64) as u32),
             data: self.data,
         })
     }
@@ -55,7 +65,10 @@ impl Limit {
         match pb {
             None => Limit::UNLIMITED,
             Some(l) => Limit {
-                duration: l.duration.filter(|d| *d > 0).map(|d| Duration::from_secs(d as u64)),
+                duration: l
+                    .duration
+                    .filter(|d| *d > 0)
+                    .map(|d| Duration::from_secs(d as u64)),
                 data: l.data.filter(|d| *d > 0),
             },
         }
@@ -79,7 +92,11 @@ pub fn parse_hop_request(msg: &HopMessage) -> Result<HopRequest, Status> {
     match msg.r#type.and_then(|t| hop_message::Type::try_from(t).ok()) {
         Some(hop_message::Type::Reserve) => Ok(HopRequest::Reserve),
         Some(hop_message::Type::Connect) => {
-            let id = msg.peer.as_ref().and_then(|p| p.id.as_ref()).ok_or(Status::MalformedMessage)?;
+            let id = msg
+                .peer
+                .as_ref()
+                .and_then(|p| p.id.as_ref())
+                .ok_or(Status::MalformedMessage)?;
             let target = PeerId::from_bytes(id).map_err(|_| Status::MalformedMessage)?;
             Ok(HopRequest::Connect { target })
         }
@@ -90,15 +107,28 @@ pub fn parse_hop_request(msg: &HopMessage) -> Result<HopRequest, Status> {
 
 /// `HopMessage{type=STATUS, status}` — a refusal (or a bare OK).
 pub fn hop_status(status: Status) -> HopMessage {
-    HopMessage { r#type: Some(hop_message::Type::Status as i32), status: Some(status as i32), ..Default::default() }
+    HopMessage {
+        r#type: Some(hop_message::Type::Status as i32),
+        status: Some(status as i32),
+        ..Default::default()
+    }
 }
 
 /// The relay's OK answer to RESERVE.
-pub fn hop_reserve_ok(expire_unix: u64, addrs: &[Multiaddr], voucher: Option<Vec<u8>>, limit: Limit) -> HopMessage {
+pub fn hop_reserve_ok(
+    expire_unix: u64,
+    addrs: &[Multiaddr],
+    voucher: Option<Vec<u8>>,
+    limit: Limit,
+) -> HopMessage {
     HopMessage {
         r#type: Some(hop_message::Type::Status as i32),
         status: Some(Status::Ok as i32),
-        reservation: Some(Reservation { expire: Some(expire_unix), addrs: addrs.iter().map(|a| a.to_vec()).collect(), voucher }),
+        reservation: Some(Reservation {
+            expire: Some(expire_unix),
+            addrs: addrs.iter().map(|a| a.to_vec()).collect(),
+            voucher,
+        }),
         limit: limit.to_pb(),
         peer: None,
     }
@@ -106,19 +136,28 @@ pub fn hop_reserve_ok(expire_unix: u64, addrs: &[Multiaddr], voucher: Option<Vec
 
 /// The relay's OK answer to CONNECT.
 pub fn hop_connect_ok(limit: Limit) -> HopMessage {
-    HopMessage { limit: limit.to_pb(), ..hop_status(Status::Ok) }
+    HopMessage {
+        limit: limit.to_pb(),
+        ..hop_status(Status::Ok)
+    }
 }
 
 /// A client's RESERVE request.
 pub fn hop_reserve() -> HopMessage {
-    HopMessage { r#type: Some(hop_message::Type::Reserve as i32), ..Default::default() }
+    HopMessage {
+        r#type: Some(hop_message::Type::Reserve as i32),
+        ..Default::default()
+    }
 }
 
 /// A client's CONNECT request.
 pub fn hop_connect(target: &PeerId) -> HopMessage {
     HopMessage {
         r#type: Some(hop_message::Type::Connect as i32),
-        peer: Some(Peer { id: Some(target.to_bytes()), addrs: Vec::new() }),
+        peer: Some(Peer {
+            id: Some(target.to_bytes()),
+            addrs: Vec::new(),
+        }),
         ..Default::default()
     }
 }
@@ -127,7 +166,10 @@ pub fn hop_connect(target: &PeerId) -> HopMessage {
 pub fn stop_connect(source: &PeerId, limit: Limit) -> StopMessage {
     StopMessage {
         r#type: Some(stop_message::Type::Connect as i32),
-        peer: Some(Peer { id: Some(source.to_bytes()), addrs: Vec::new() }),
+        peer: Some(Peer {
+            id: Some(source.to_bytes()),
+            addrs: Vec::new(),
+        }),
         limit: limit.to_pb(),
         status: None,
     }
@@ -135,7 +177,11 @@ pub fn stop_connect(source: &PeerId, limit: Limit) -> StopMessage {
 
 /// `StopMessage{type=STATUS, status}`.
 pub fn stop_status(status: Status) -> StopMessage {
-    StopMessage { r#type: Some(stop_message::Type::Status as i32), status: Some(status as i32), ..Default::default() }
+    StopMessage {
+        r#type: Some(stop_message::Type::Status as i32),
+        status: Some(status as i32),
+        ..Default::default()
+    }
 }
 
 /// A status code's name, for logs and errors.
@@ -199,14 +245,22 @@ pub struct Granted {
 }
 
 /// Checks a relay's answer to our RESERVE (go-libp2p's client rules, plus voucher checking).
-pub fn parse_reserve_response(msg: &HopMessage, relay: &PeerId, me: &PeerId, now_unix: u64) -> Result<Granted, ReserveError> {
+pub fn parse_reserve_response(
+    msg: &HopMessage,
+    relay: &PeerId,
+    me: &PeerId,
+    now_unix: u64,
+) -> Result<Granted, ReserveError> {
     if msg.r#type != Some(hop_message::Type::Status as i32) {
         return Err(ReserveError::Unexpected);
     }
     if msg.status != Some(Status::Ok as i32) {
         return Err(ReserveError::Refused(status_name(msg.status)));
     }
-    let rsv = msg.reservation.as_ref().ok_or(ReserveError::MissingReservation)?;
+    let rsv = msg
+        .reservation
+        .as_ref()
+        .ok_or(ReserveError::MissingReservation)?;
     let expire = rsv.expire.ok_or(ReserveError::MissingReservation)?;
     if expire < now_unix {
         return Err(ReserveError::Expired);
@@ -225,11 +279,17 @@ pub fn parse_reserve_response(msg: &HopMessage, relay: &PeerId, me: &PeerId, now
     let voucher = match &rsv.voucher {
         None => None,
         Some(bytes) => {
-            let v = Voucher::verify(bytes, relay, me).map_err(|e| ReserveError::BadVoucher(e.to_string()))?;
+            let v = Voucher::verify(bytes, relay, me)
+                .map_err(|e| ReserveError::BadVoucher(e.to_string()))?;
             Some(v)
         }
     };
-    Ok(Granted { expire, addrs, voucher, limit: Limit::from_pb(msg.limit.as_ref()) })
+    Ok(Granted {
+        expire,
+        addrs,
+        voucher,
+        limit: Limit::from_pb(msg.limit.as_ref()),
+    })
 }
 
 /// Checks a relay's answer to our CONNECT; Ok carries the circuit's limit.
@@ -245,9 +305,16 @@ pub fn parse_connect_response(msg: &HopMessage) -> Result<Limit, String> {
 
 /// Checks the relay's stop CONNECT; the error is the status to answer with.
 pub fn parse_stop_connect(msg: &StopMessage) -> Result<(PeerId, Limit), Status> {
-    match msg.r#type.and_then(|t| stop_message::Type::try_from(t).ok()) {
+    match msg
+        .r#type
+        .and_then(|t| stop_message::Type::try_from(t).ok())
+    {
         Some(stop_message::Type::Connect) => {
-            let id = msg.peer.as_ref().and_then(|p| p.id.as_ref()).ok_or(Status::MalformedMessage)?;
+            let id = msg
+                .peer
+                .as_ref()
+                .and_then(|p| p.id.as_ref())
+                .ok_or(Status::MalformedMessage)?;
             let src = PeerId::from_bytes(id).map_err(|_| Status::MalformedMessage)?;
             Ok((src, Limit::from_pb(msg.limit.as_ref())))
         }
@@ -277,7 +344,10 @@ mod tests {
     fn reserve_always_encodes_type_zero() {
         // RESERVE is 0: a default-suppressing encoder would drop it; js and rust then refuse.
         assert_eq!(hop_reserve().encode_to_vec(), vec![0x08, 0x00]);
-        assert_eq!(stop_connect(&PeerId::random(), Limit::UNLIMITED).encode_to_vec()[..2], [0x08, 0x00]);
+        assert_eq!(
+            stop_connect(&PeerId::random(), Limit::UNLIMITED).encode_to_vec()[..2],
+            [0x08, 0x00]
+        );
     }
 
     #[test]
@@ -285,19 +355,43 @@ mod tests {
         let m = hop_connect_ok(Limit::UNLIMITED);
         assert!(m.limit.is_none());
         let m = hop_connect_ok(Limit::GO_DEFAULT);
-        assert_eq!(m.limit, Some(PbLimit { duration: Some(120), data: Some(131072) }));
-        assert_eq!(Limit::from_pb(Some(&PbLimit { duration: Some(0), data: Some(0) })), Limit::UNLIMITED);
+        assert_eq!(
+            m.limit,
+            Some(PbLimit {
+                duration: Some(120),
+                data: Some(131072)
+            })
+        );
+        assert_eq!(
+            Limit::from_pb(Some(&PbLimit {
+                duration: Some(0),
+                data: Some(0)
+            })),
+            Limit::UNLIMITED
+        );
     }
 
     #[test]
     fn hop_requests_are_checked() {
         let target = PeerId::random();
         assert_eq!(parse_hop_request(&hop_reserve()), Ok(HopRequest::Reserve));
-        assert_eq!(parse_hop_request(&hop_connect(&target)), Ok(HopRequest::Connect { target }));
-        assert_eq!(parse_hop_request(&HopMessage::default()), Err(Status::MalformedMessage));
-        assert_eq!(parse_hop_request(&hop_status(Status::Ok)), Err(Status::UnexpectedMessage));
+        assert_eq!(
+            parse_hop_request(&hop_connect(&target)),
+            Ok(HopRequest::Connect { target })
+        );
+        assert_eq!(
+            parse_hop_request(&HopMessage::default()),
+            Err(Status::MalformedMessage)
+        );
+        assert_eq!(
+            parse_hop_request(&hop_status(Status::Ok)),
+            Err(Status::UnexpectedMessage)
+        );
         let mut bad = hop_connect(&target);
-        bad.peer = Some(Peer { id: Some(vec![1, 2, 3]), addrs: vec![] });
+        bad.peer = Some(Peer {
+            id: Some(vec![1, 2, 3]),
+            addrs: vec![],
+        });
         assert_eq!(parse_hop_request(&bad), Err(Status::MalformedMessage));
         bad.peer = None;
         assert_eq!(parse_hop_request(&bad), Err(Status::MalformedMessage));
@@ -309,7 +403,13 @@ mod tests {
         let relay = relay_key.public().to_peer_id();
         let me = PeerId::random();
         let addr: Multiaddr = "/ip4/7.7.7.7/tcp/4001".parse().unwrap();
-        let voucher = Voucher { relay, peer: me, expiration: 2000 }.sign(&relay_key).unwrap();
+        let voucher = Voucher {
+            relay,
+            peer: me,
+            expiration: 2000,
+        }
+        .sign(&relay_key)
+        .unwrap();
         let msg = hop_reserve_ok(2000, &[addr.clone()], Some(voucher), Limit::GO_DEFAULT);
         let g = parse_reserve_response(&msg, &relay, &me, 1000).unwrap();
         assert_eq!(g.expire, 2000);
@@ -317,18 +417,38 @@ mod tests {
         assert_eq!(g.voucher.unwrap().peer, me);
         assert_eq!(g.limit, Limit::GO_DEFAULT);
         // Expired, refused, and a voucher for someone else.
-        assert_eq!(parse_reserve_response(&msg, &relay, &me, 3000), Err(ReserveError::Expired));
-        assert!(matches!(parse_reserve_response(&hop_status(Status::ReservationRefused), &relay, &me, 0), Err(ReserveError::Refused(s)) if s == "RESERVATION_REFUSED"));
-        assert!(matches!(parse_reserve_response(&msg, &relay, &PeerId::random(), 1000), Err(ReserveError::BadVoucher(_))));
+        assert_eq!(
+            parse_reserve_response(&msg, &relay, &me, 3000),
+            Err(ReserveError::Expired)
+        );
+        assert!(
+            matches!(parse_reserve_response(&hop_status(Status::ReservationRefused), &relay, &me, 0), Err(ReserveError::Refused(s)) if s == "RESERVATION_REFUSED")
+        );
+        assert!(matches!(
+            parse_reserve_response(&msg, &relay, &PeerId::random(), 1000),
+            Err(ReserveError::BadVoucher(_))
+        ));
     }
 
     #[test]
     fn stop_messages_are_checked() {
         let src = PeerId::random();
-        assert_eq!(parse_stop_connect(&stop_connect(&src, Limit::GO_DEFAULT)), Ok((src, Limit::GO_DEFAULT)));
-        assert_eq!(parse_stop_connect(&stop_status(Status::Ok)), Err(Status::UnexpectedMessage));
-        assert_eq!(parse_stop_connect(&StopMessage::default()), Err(Status::MalformedMessage));
+        assert_eq!(
+            parse_stop_connect(&stop_connect(&src, Limit::GO_DEFAULT)),
+            Ok((src, Limit::GO_DEFAULT))
+        );
+        assert_eq!(
+            parse_stop_connect(&stop_status(Status::Ok)),
+            Err(Status::UnexpectedMessage)
+        );
+        assert_eq!(
+            parse_stop_connect(&StopMessage::default()),
+            Err(Status::MalformedMessage)
+        );
         assert!(parse_stop_response(&stop_status(Status::Ok)).is_ok());
-        assert_eq!(parse_stop_response(&stop_status(Status::ConnectionFailed)), Err("CONNECTION_FAILED".into()));
+        assert_eq!(
+            parse_stop_response(&stop_status(Status::ConnectionFailed)),
+            Err("CONNECTION_FAILED".into())
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! from the streams' yamux windows (a write that cannot proceed stops the read).
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use circuit_proto::relay::Limit;
@@ -35,45 +36,54 @@ pub struct BridgeStats {
 }
 
 enum DirEnd {
-    Eof(u64),
-    Limit(u64),
-    Err(u64),
+    Eof,
+    Limit,
+    Err,
 }
 
-async fn copy_dir<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(r: &mut R, w: &mut W, max: Option<u64>, buf_size: usize, counter: &std::sync::atomic::AtomicU64) -> DirEnd {
+async fn copy_dir<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    r: &mut R,
+    w: &mut W,
+    max: Option<u64>,
+    buf_size: usize,
+    counter: &AtomicU64,
+    dir_total: &AtomicU64,
+) -> DirEnd {
     let mut buf = vec![0u8; buf_size];
     let mut total = 0u64;
     loop {
+        dir_total.store(total, Ordering::Relaxed);
         // Never read more than the limit lets through: the byte after it is never forwarded.
         let want = match max {
-            Some(m) if total >= m => return DirEnd::Limit(total),
+            Some(m) if total >= m => return DirEnd::Limit,
             Some(m) => ((m - total) as usize).min(buf.len()),
             None => buf.len(),
         };
         let n = match r.read(&mut buf[..want]).await {
             Ok(0) => {
                 let _ = w.shutdown().await;
-                return DirEnd::Eof(total);
+                return DirEnd::Eof;
             }
             Ok(n) => n,
-            Err(_) => return DirEnd::Err(total),
+            Err(_) => return DirEnd::Err,
         };
         if w.write_all(&buf[..n]).await.is_err() {
-            return DirEnd::Err(total);
+            return DirEnd::Err;
         }
         total += n as u64;
-        counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        counter.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(m) = max {
             if total >= m {
                 // The limit allows exactly m bytes; anything more would be over it.
                 // Peek whether more is coming: if the source ends right here, it's a clean end.
                 let mut probe = [0u8; 1];
+                dir_total.store(total, Ordering::Relaxed);
                 return match r.read(&mut probe).await {
                     Ok(0) => {
                         let _ = w.shutdown().await;
-                        DirEnd::Eof(total)
+                        DirEnd::Eof
                     }
-                    _ => DirEnd::Limit(total),
+                    _ => DirEnd::Limit,
                 };
             }
         }
@@ -83,15 +93,22 @@ async fn copy_dir<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(r: &mut R, w: &mu
 /// Bridges `src` and `dst` until both directions end or a limit is hit.
 /// `relayed` counts every forwarded byte (for metrics). Streams are reset on a
 /// limit or error (the caller drops them; dropping an unfinished stream resets it).
-pub async fn bridge<A, B>(src: A, dst: B, limit: Limit, buf_size: usize, relayed: &std::sync::atomic::AtomicU64) -> BridgeStats
+pub async fn bridge<A, B>(
+    src: A,
+    dst: B,
+    limit: Limit,
+    buf_size: usize,
+    relayed: &AtomicU64,
+) -> BridgeStats
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut sr, mut sw) = tokio::io::split(src);
     let (mut dr, mut dw) = tokio::io::split(dst);
-    let up = copy_dir(&mut sr, &mut dw, limit.data, buf_size, relayed);
-    let down = copy_dir(&mut dr, &mut sw, limit.data, buf_size, relayed);
+    let (up_total, down_total) = (AtomicU64::new(0), AtomicU64::new(0));
+    let up = copy_dir(&mut sr, &mut dw, limit.data, buf_size, relayed, &up_total);
+    let down = copy_dir(&mut dr, &mut sw, limit.data, buf_size, relayed, &down_total);
     tokio::pin!(up);
     tokio::pin!(down);
     let both = async {
@@ -101,12 +118,12 @@ where
         loop {
             tokio::select! {
                 r = &mut up, if up_res.is_none() => {
-                    let stop = !matches!(r, DirEnd::Eof(_));
+                    let stop = !matches!(r, DirEnd::Eof);
                     up_res = Some(r);
                     if stop { break; }
                 }
                 r = &mut down, if down_res.is_none() => {
-                    let stop = !matches!(r, DirEnd::Eof(_));
+                    let stop = !matches!(r, DirEnd::Eof);
                     down_res = Some(r);
                     if stop { break; }
                 }
@@ -122,20 +139,20 @@ where
         Ok((u, d)) => (u, d, false),
         Err(_) => (None, None, true),
     };
-    let count = |r: &Option<DirEnd>| match r {
-        Some(DirEnd::Eof(n)) | Some(DirEnd::Limit(n)) | Some(DirEnd::Err(n)) => *n,
-        None => 0,
-    };
     let end = if timed_out {
         BridgeEnd::DurationLimit
-    } else if matches!(up_res, Some(DirEnd::Limit(_))) || matches!(down_res, Some(DirEnd::Limit(_))) {
+    } else if matches!(up_res, Some(DirEnd::Limit)) || matches!(down_res, Some(DirEnd::Limit)) {
         BridgeEnd::DataLimit
-    } else if matches!(up_res, Some(DirEnd::Err(_))) || matches!(down_res, Some(DirEnd::Err(_))) {
+    } else if matches!(up_res, Some(DirEnd::Err)) || matches!(down_res, Some(DirEnd::Err)) {
         BridgeEnd::Error
     } else {
         BridgeEnd::Done
     };
-    BridgeStats { src_to_dst: count(&up_res), dst_to_src: count(&down_res), end }
+    BridgeStats {
+        src_to_dst: up_total.load(Ordering::Relaxed),
+        dst_to_src: down_total.load(Ordering::Relaxed),
+        end,
+    }
 }
 
 impl From<io::Error> for BridgeEnd {
@@ -147,7 +164,6 @@ impl From<io::Error> for BridgeEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU64;
 
     #[tokio::test]
     async fn copies_both_ways_until_both_close() {
@@ -170,7 +186,7 @@ mod tests {
         let (stats, ()) = tokio::join!(bridge(src, dst, Limit::UNLIMITED, 8, &counter), peers);
         assert_eq!(stats.end, BridgeEnd::Done);
         assert_eq!((stats.src_to_dst, stats.dst_to_src), (5, 6));
-        assert_eq!(counter.load(std::sync::atomic::Ordering::Relaxed), 11);
+        assert_eq!(counter.load(Ordering::Relaxed), 11);
     }
 
     #[tokio::test]
@@ -178,7 +194,10 @@ mod tests {
         let (mut src_peer, src) = tokio::io::duplex(1 << 16);
         let (mut dst_peer, dst) = tokio::io::duplex(1 << 16);
         let counter = AtomicU64::new(0);
-        let limit = Limit { duration: None, data: Some(1000) };
+        let limit = Limit {
+            duration: None,
+            data: Some(1000),
+        };
         let peers = async move {
             // 900 bytes each way fit the per-direction limit even though 1800 in total do not.
             src_peer.write_all(&[1u8; 900]).await.unwrap();
@@ -203,7 +222,10 @@ mod tests {
         let (_src_peer, src) = tokio::io::duplex(64);
         let (_dst_peer, dst) = tokio::io::duplex(64);
         let counter = AtomicU64::new(0);
-        let limit = Limit { duration: Some(Duration::from_secs(120)), data: None };
+        let limit = Limit {
+            duration: Some(Duration::from_secs(120)),
+            data: None,
+        };
         let stats = bridge(src, dst, limit, 64, &counter).await;
         assert_eq!(stats.end, BridgeEnd::DurationLimit);
     }

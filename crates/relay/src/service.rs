@@ -49,7 +49,10 @@ pub struct Relay {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
@@ -64,7 +67,12 @@ impl Relay {
     /// Mounts the hop protocol on `node` and starts the housekeeping tasks.
     pub fn start(node: &Node, config: RelayConfig) -> Relay {
         let relay = Relay {
-            inner: Arc::new(Inner { node: node.clone(), config: RwLock::new(config), table: Mutex::new(ReservationTable::default()), stats: RelayStats::default() }),
+            inner: Arc::new(Inner {
+                node: node.clone(),
+                config: RwLock::new(config),
+                table: Mutex::new(ReservationTable::default()),
+                stats: RelayStats::default(),
+            }),
         };
         let r = relay.clone();
         node.handle(HOP_PROTOCOL, move |inc| {
@@ -83,7 +91,9 @@ impl Relay {
                         }
                     }
                     Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "relay lagged behind node events"),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "relay lagged behind node events")
+                    }
                     Err(_) => return,
                 }
             }
@@ -107,7 +117,11 @@ impl Relay {
 
     /// A copy of the settings.
     pub fn config(&self) -> RelayConfig {
-        self.inner.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner
+            .config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Replaces limits and timeouts; open circuits keep theirs.
@@ -141,7 +155,11 @@ impl Relay {
     }
 
     async fn handle_hop(&self, inc: IncomingStream) {
-        let IncomingStream { mut stream, connection, .. } = inc;
+        let IncomingStream {
+            mut stream,
+            connection,
+            ..
+        } = inc;
         let peer = connection.peer();
         let cfg = self.config();
         let read = framed::read_message::<HopMessage>(&mut stream, core::MAX_MESSAGE);
@@ -177,31 +195,58 @@ impl Relay {
     }
 
     async fn refuse(&self, stream: &mut Stream, status: Status) {
-        let _ = tokio::time::timeout(Duration::from_secs(5), framed::write_message(stream, &core::hop_status(status))).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            framed::write_message(stream, &core::hop_status(status)),
+        )
+        .await;
         let _ = stream.shutdown().await;
     }
 
     async fn reserve(&self, mut stream: Stream, conn: &Connection, cfg: &RelayConfig) {
         let peer = conn.peer();
         let ip = ip_of(&conn.info().remote_addr);
-        let result = self.table().reserve(cfg, peer, ip, conn.id(), Instant::now());
+        let result = self
+            .table()
+            .reserve(cfg, peer, ip, conn.id(), Instant::now());
         if let Err(e) = result {
             let status = match e {
                 TableError::Full | TableError::PerIp => Status::ReservationRefused,
                 _ => Status::ResourceLimitExceeded,
             };
-            self.inner.stats.reservations_refused.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .stats
+                .reservations_refused
+                .fetch_add(1, Ordering::Relaxed);
             tracing::info!(%peer, reason = %e, "reservation refused");
             self.refuse(&mut stream, status).await;
             return;
         }
         let expire = now_unix() + cfg.reservation_ttl.as_secs();
         let node = &self.inner.node;
-        let voucher = if cfg.vouchers { Voucher { relay: node.peer_id(), peer, expiration: expire }.sign(node.keypair()).ok() } else { None };
+        let voucher = if cfg.vouchers {
+            Voucher {
+                relay: node.peer_id(),
+                peer,
+                expiration: expire,
+            }
+            .sign(node.keypair())
+            .ok()
+        } else {
+            None
+        };
         let answer = core::hop_reserve_ok(expire, &self.reservation_addrs(), voucher, cfg.limit);
-        match tokio::time::timeout(cfg.stream_timeout, framed::write_message(&mut stream, &answer)).await {
+        match tokio::time::timeout(
+            cfg.stream_timeout,
+            framed::write_message(&mut stream, &answer),
+        )
+        .await
+        {
             Ok(Ok(())) => {
-                self.inner.stats.reservations_accepted.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .reservations_accepted
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%peer, expire, "reservation accepted");
                 let _ = stream.shutdown().await;
             }
@@ -212,7 +257,13 @@ impl Relay {
         }
     }
 
-    async fn connect(&self, mut src_stream: Stream, src_conn: &Connection, target: PeerId, cfg: &RelayConfig) {
+    async fn connect(
+        &self,
+        mut src_stream: Stream,
+        src_conn: &Connection,
+        target: PeerId,
+        cfg: &RelayConfig,
+    ) {
         let src = src_conn.peer();
         let admitted = self.table().open_circuit(cfg, src, target, Instant::now());
         if let Err(e) = admitted {
@@ -220,52 +271,94 @@ impl Relay {
                 TableError::NoReservation => Status::NoReservation,
                 _ => Status::ResourceLimitExceeded,
             };
-            self.inner.stats.circuits_refused.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .stats
+                .circuits_refused
+                .fetch_add(1, Ordering::Relaxed);
             tracing::info!(%src, %target, reason = %e, "circuit refused");
             self.refuse(&mut src_stream, status).await;
             return;
         }
         // From here on the circuit is counted: release it on every path.
-        let _guard = CircuitGuard { relay: self.clone(), src, dst: target };
+        let _guard = CircuitGuard {
+            relay: self.clone(),
+            src,
+            dst: target,
+        };
         let node = &self.inner.node;
-        let Some(dst_conn) = node.connections_to(&target).into_iter().find(|c| !c.info().relayed) else {
-            self.inner.stats.circuits_refused.fetch_add(1, Ordering::Relaxed);
+        let Some(dst_conn) = node
+            .connections_to(&target)
+            .into_iter()
+            .find(|c| !c.info().relayed)
+        else {
+            self.inner
+                .stats
+                .circuits_refused
+                .fetch_add(1, Ordering::Relaxed);
             tracing::info!(%src, %target, "circuit refused: target has a reservation but no live connection");
             self.refuse(&mut src_stream, Status::ConnectionFailed).await;
             return;
         };
         let stop = async {
-            let mut s = node.open_stream(&dst_conn, STOP_PROTOCOL).await.map_err(|e| e.to_string())?;
-            framed::write_message(&mut s, &core::stop_connect(&src, cfg.limit)).await.map_err(|e| e.to_string())?;
-            let answer = framed::read_message::<StopMessage>(&mut s, core::MAX_MESSAGE).await.map_err(|e| e.to_string())?;
+            let mut s = node
+                .open_stream(&dst_conn, STOP_PROTOCOL)
+                .await
+                .map_err(|e| e.to_string())?;
+            framed::write_message(&mut s, &core::stop_connect(&src, cfg.limit))
+                .await
+                .map_err(|e| e.to_string())?;
+            let answer = framed::read_message::<StopMessage>(&mut s, core::MAX_MESSAGE)
+                .await
+                .map_err(|e| e.to_string())?;
             core::parse_stop_response(&answer)?;
             Ok::<Stream, String>(s)
         };
         let dst_stream = match tokio::time::timeout(cfg.connect_timeout, stop).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                self.inner.stats.circuits_refused.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .circuits_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%src, %target, error = %e, "circuit failed: target refused or stop protocol failed");
                 self.refuse(&mut src_stream, Status::ConnectionFailed).await;
                 return;
             }
             Err(_) => {
-                self.inner.stats.circuits_refused.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .circuits_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%src, %target, "circuit failed: target did not answer in time");
                 self.refuse(&mut src_stream, Status::ConnectionFailed).await;
                 return;
             }
         };
-        if let Err(e) = framed::write_message(&mut src_stream, &core::hop_connect_ok(cfg.limit)).await {
+        if let Err(e) =
+            framed::write_message(&mut src_stream, &core::hop_connect_ok(cfg.limit)).await
+        {
             tracing::info!(%src, %target, error = %e, "circuit failed: source went away");
             return;
         }
-        self.inner.stats.circuits_opened.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .stats
+            .circuits_opened
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(%src, %target, limit = ?cfg.limit, "circuit open");
         let started = Instant::now();
-        let stats = bridge(src_stream, dst_stream, cfg.limit, cfg.buffer_size, &self.inner.stats.bytes_relayed).await;
+        let stats = bridge(
+            src_stream,
+            dst_stream,
+            cfg.limit,
+            cfg.buffer_size,
+            &self.inner.stats.bytes_relayed,
+        )
+        .await;
         if matches!(stats.end, BridgeEnd::DataLimit | BridgeEnd::DurationLimit) {
-            self.inner.stats.circuits_limited.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .stats
+                .circuits_limited
+                .fetch_add(1, Ordering::Relaxed);
         }
         tracing::info!(%src, %target, end = ?stats.end, up = stats.src_to_dst, down = stats.dst_to_src, secs = started.elapsed().as_secs_f64(), "circuit closed");
     }

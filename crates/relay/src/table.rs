@@ -50,7 +50,14 @@ pub struct ReservationTable {
 
 impl ReservationTable {
     /// Adds or refreshes `peer`'s reservation.
-    pub fn reserve(&mut self, cfg: &RelayConfig, peer: PeerId, ip: Option<IpAddr>, connection: u64, now: Instant) -> Result<Instant, TableError> {
+    pub fn reserve(
+        &mut self,
+        cfg: &RelayConfig,
+        peer: PeerId,
+        ip: Option<IpAddr>,
+        connection: u64,
+        now: Instant,
+    ) -> Result<Instant, TableError> {
         self.expire(now);
         let refreshing = self.reservations.contains_key(&peer);
         if !refreshing {
@@ -58,14 +65,25 @@ impl ReservationTable {
                 return Err(TableError::Full);
             }
             if let Some(ip) = ip {
-                let same_ip = self.reservations.values().filter(|e| e.ip == Some(ip)).count();
+                let same_ip = self
+                    .reservations
+                    .values()
+                    .filter(|e| e.ip == Some(ip))
+                    .count();
                 if same_ip >= cfg.max_reservations_per_ip {
                     return Err(TableError::PerIp);
                 }
             }
         }
         let expires = now + cfg.reservation_ttl;
-        self.reservations.insert(peer, Entry { expires, ip, connection });
+        self.reservations.insert(
+            peer,
+            Entry {
+                expires,
+                ip,
+                connection,
+            },
+        );
         Ok(expires)
     }
 
@@ -78,7 +96,12 @@ impl ReservationTable {
 
     /// Drops the reservations made on a connection that ended.
     pub fn connection_closed(&mut self, peer: &PeerId, connection: u64) -> bool {
-        if self.reservations.get(peer).map(|e| e.connection == connection).unwrap_or(false) {
+        if self
+            .reservations
+            .get(peer)
+            .map(|e| e.connection == connection)
+            .unwrap_or(false)
+        {
             self.reservations.remove(peer);
             return true;
         }
@@ -87,7 +110,10 @@ impl ReservationTable {
 
     /// Whether `peer` holds a live reservation.
     pub fn has_reservation(&self, peer: &PeerId, now: Instant) -> bool {
-        self.reservations.get(peer).map(|e| e.expires > now).unwrap_or(false)
+        self.reservations
+            .get(peer)
+            .map(|e| e.expires > now)
+            .unwrap_or(false)
     }
 
     /// Number of live reservations.
@@ -101,7 +127,13 @@ impl ReservationTable {
     }
 
     /// Admits a circuit from `src` to `dst` and counts it; undo with [`Self::close_circuit`].
-    pub fn open_circuit(&mut self, cfg: &RelayConfig, src: PeerId, dst: PeerId, now: Instant) -> Result<(), TableError> {
+    pub fn open_circuit(
+        &mut self,
+        cfg: &RelayConfig,
+        src: PeerId,
+        dst: PeerId,
+        now: Instant,
+    ) -> Result<(), TableError> {
         if !self.has_reservation(&dst, now) {
             return Err(TableError::NoReservation);
         }
@@ -138,7 +170,13 @@ mod tests {
     use std::time::Duration;
 
     fn cfg() -> RelayConfig {
-        RelayConfig { max_reservations: 2, max_reservations_per_ip: 1, max_circuits: 3, max_circuits_per_peer: 2, ..Default::default() }
+        RelayConfig {
+            max_reservations: 2,
+            max_reservations_per_ip: 1,
+            max_circuits: 3,
+            max_circuits_per_peer: 2,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -154,7 +192,8 @@ mod tests {
         t.reserve(&c, b, Some(ip2), 2, now).unwrap();
         assert_eq!(t.reserve(&c, d, None, 3, now), Err(TableError::Full));
         // A refresh is not a new reservation.
-        t.reserve(&c, a, Some(ip1), 1, now + Duration::from_secs(10)).unwrap();
+        t.reserve(&c, a, Some(ip1), 1, now + Duration::from_secs(10))
+            .unwrap();
         assert_eq!(t.num_reservations(), 2);
     }
 
@@ -178,15 +217,27 @@ mod tests {
         let now = Instant::now();
         let mut t = ReservationTable::default();
         let (a, b, s) = (PeerId::random(), PeerId::random(), PeerId::random());
-        assert_eq!(t.open_circuit(&c, s, a, now), Err(TableError::NoReservation));
+        assert_eq!(
+            t.open_circuit(&c, s, a, now),
+            Err(TableError::NoReservation)
+        );
         t.reserve(&c, a, None, 1, now).unwrap();
         t.reserve(&c, b, None, 2, now).unwrap();
         t.open_circuit(&c, s, a, now).unwrap();
         t.open_circuit(&c, s, b, now).unwrap();
-        assert_eq!(t.open_circuit(&c, s, a, now), Err(TableError::CircuitsPerPeer));
+        assert_eq!(
+            t.open_circuit(&c, s, a, now),
+            Err(TableError::CircuitsPerPeer)
+        );
         t.open_circuit(&c, PeerId::random(), b, now).unwrap();
-        assert_eq!(t.open_circuit(&c, PeerId::random(), b, now), Err(TableError::CircuitsFull));
-        assert_eq!(t.open_circuit(&c, PeerId::random(), PeerId::random(), now), Err(TableError::NoReservation));
+        assert_eq!(
+            t.open_circuit(&c, PeerId::random(), b, now),
+            Err(TableError::CircuitsFull)
+        );
+        assert_eq!(
+            t.open_circuit(&c, PeerId::random(), PeerId::random(), now),
+            Err(TableError::NoReservation)
+        );
         assert_eq!(t.num_circuits(), 3);
         t.close_circuit(s, a);
         assert_eq!(t.num_circuits(), 2);

@@ -10,7 +10,10 @@ use circuit_relay::{Relay, RelayConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn init_logs() {
-    let _ = tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
 }
 
 async fn node(listen: &[&str]) -> Node {
@@ -49,13 +52,21 @@ async fn direct_connection_ping_and_perf() {
     // Identify ran in the background: a knows b's protocols.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let info = b.peer_info(&a.peer_id()).expect("identify result");
-    assert!(info.protocols.iter().any(|p| p == perf::PROTOCOL), "{:?}", info.protocols);
+    assert!(
+        info.protocols.iter().any(|p| p == perf::PROTOCOL),
+        "{:?}",
+        info.protocols
+    );
 }
 
 #[tokio::test]
 async fn relayed_pipe_both_ways_over_tcp_and_ws() {
     init_logs();
-    let (_rn, relay, tcp, ws) = relay(RelayConfig { limit: Limit::UNLIMITED, ..Default::default() }).await;
+    let (_rn, relay, tcp, ws) = relay(RelayConfig {
+        limit: Limit::UNLIMITED,
+        ..Default::default()
+    })
+    .await;
     for relay_addr in [tcp.clone(), ws.clone()] {
         let listener = node(&[]).await;
         listener.handle("/test/echo/1.0.0", |mut inc| {
@@ -81,7 +92,11 @@ async fn relayed_pipe_both_ways_over_tcp_and_ws() {
         let conn = dialer.dial(&circuit).await.unwrap();
         assert_eq!(conn.peer(), listener.peer_id());
         assert!(conn.info().relayed);
-        assert!(conn.info().remote_addr.to_string().ends_with("/p2p-circuit"));
+        assert!(conn
+            .info()
+            .remote_addr
+            .to_string()
+            .ends_with("/p2p-circuit"));
         let mut s = dialer.open_stream(&conn, "/test/echo/1.0.0").await.unwrap();
         let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 31 + 7) as u8).collect();
         let (mut rd, mut wr) = tokio::io::split(&mut s);
@@ -104,7 +119,11 @@ async fn relayed_pipe_both_ways_over_tcp_and_ws() {
 #[tokio::test]
 async fn refusals_no_reservation_and_full() {
     init_logs();
-    let (_rn, _relay, tcp, _) = relay(RelayConfig { max_reservations: 1, ..Default::default() }).await;
+    let (_rn, _relay, tcp, _) = relay(RelayConfig {
+        max_reservations: 1,
+        ..Default::default()
+    })
+    .await;
     let a = node(&[]).await;
     relay_client::reserve(&a, &tcp).await.unwrap();
     let b = node(&[]).await;

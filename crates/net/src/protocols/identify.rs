@@ -27,8 +27,17 @@ pub const MAX_PARTS: usize = 10;
 /// Builds our identify message for a connection whose remote address is `observed`.
 pub fn build_message(node: &Node, observed: &Multiaddr) -> Identify {
     let addrs = node.addresses();
-    let seq = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    let record = PeerRecord { peer_id: node.peer_id(), seq, addrs: addrs.clone() }.sign(node.keypair()).ok();
+    let seq = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let record = PeerRecord {
+        peer_id: node.peer_id(),
+        seq,
+        addrs: addrs.clone(),
+    }
+    .sign(node.keypair())
+    .ok();
     let mut msg = Identify {
         public_key: Some(node.keypair().public().encode_protobuf()),
         listen_addrs: addrs.iter().map(|a| a.to_vec()).collect(),
@@ -49,17 +58,26 @@ pub fn build_message(node: &Node, observed: &Multiaddr) -> Identify {
 }
 
 /// Merges the parts of an answer into what we know of the peer; checks the key.
-pub fn parse_messages(parts: Vec<Identify>, conn: &Connection, previous: Option<PeerInfo>) -> Result<PeerInfo, String> {
+pub fn parse_messages(
+    parts: Vec<Identify>,
+    conn: &Connection,
+    previous: Option<PeerInfo>,
+) -> Result<PeerInfo, String> {
     let mut info = previous.unwrap_or_default();
     for m in parts {
         if let Some(pk) = m.public_key {
-            let key = PublicKey::try_decode_protobuf(&pk).map_err(|e| format!("bad public key: {e}"))?;
+            let key =
+                PublicKey::try_decode_protobuf(&pk).map_err(|e| format!("bad public key: {e}"))?;
             if key.to_peer_id() != conn.peer() {
                 return Err("identify public key does not match the connection's peer id".into());
             }
         }
         if !m.listen_addrs.is_empty() {
-            info.listen_addrs = m.listen_addrs.iter().filter_map(|b| Multiaddr::try_from(b.clone()).ok()).collect();
+            info.listen_addrs = m
+                .listen_addrs
+                .iter()
+                .filter_map(|b| Multiaddr::try_from(b.clone()).ok())
+                .collect();
         }
         if !m.protocols.is_empty() {
             info.protocols = m.protocols;
@@ -124,11 +142,18 @@ pub(crate) fn ask(node: &Node, conn: &Connection) {
 /// Runs identify on `conn` and returns what the peer said.
 pub async fn ask_now(node: &Node, conn: &Connection) -> Result<PeerInfo, String> {
     let fut = async {
-        let mut s = node.open_stream(conn, PROTOCOL).await.map_err(|e| e.to_string())?;
-        let parts = framed::read_messages_to_end::<Identify, _>(&mut s, MAX_MESSAGE, MAX_PARTS).await.map_err(|e| e.to_string())?;
+        let mut s = node
+            .open_stream(conn, PROTOCOL)
+            .await
+            .map_err(|e| e.to_string())?;
+        let parts = framed::read_messages_to_end::<Identify, _>(&mut s, MAX_MESSAGE, MAX_PARTS)
+            .await
+            .map_err(|e| e.to_string())?;
         parse_messages(parts, conn, None)
     };
-    let info = tokio::time::timeout(std::time::Duration::from_secs(30), fut).await.map_err(|_| "timed out".to_string())??;
+    let info = tokio::time::timeout(std::time::Duration::from_secs(30), fut)
+        .await
+        .map_err(|_| "timed out".to_string())??;
     node.set_peer_info(conn.peer(), info.clone());
     Ok(info)
 }
@@ -138,7 +163,9 @@ pub(crate) fn push_all(node: &Node) {
     for conn in node.connections() {
         let node = node.clone();
         tokio::spawn(async move {
-            let Ok(mut s) = node.open_stream(&conn, PUSH_PROTOCOL).await else { return };
+            let Ok(mut s) = node.open_stream(&conn, PUSH_PROTOCOL).await else {
+                return;
+            };
             let msg = build_message(&node, &conn.info().remote_addr);
             if framed::write_message(&mut s, &msg).await.is_ok() {
                 let _ = s.shutdown().await;

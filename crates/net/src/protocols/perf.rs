@@ -62,7 +62,12 @@ pub struct PerfReport {
 }
 
 /// Runs one perf request on `conn`.
-pub async fn run(node: &Node, conn: &Connection, upload: u64, download: u64) -> Result<PerfReport, DialError> {
+pub async fn run(
+    node: &Node,
+    conn: &Connection,
+    upload: u64,
+    download: u64,
+) -> Result<PerfReport, DialError> {
     let start = Instant::now();
     let mut s = node.open_stream(conn, PROTOCOL).await?;
     s.write_all(&download.to_be_bytes()).await?;
@@ -90,7 +95,17 @@ pub async fn run(node: &Node, conn: &Connection, upload: u64, download: u64) -> 
         got += n as u64;
     }
     if got != download {
-        return Err(DialError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("perf server sent {got} bytes, asked for {download}"))));
+        return Err(DialError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("perf server sent {got} bytes, asked for {download}"),
+        )));
     }
-    Ok(PerfReport { uploaded: upload, downloaded: got, upload_time, time_to_first_byte: ttfb, download_time: dl_start.elapsed(), total: start.elapsed() })
+    Ok(PerfReport {
+        uploaded: upload,
+        downloaded: got,
+        upload_time,
+        time_to_first_byte: ttfb,
+        download_time: dl_start.elapsed(),
+        total: start.elapsed(),
+    })
 }

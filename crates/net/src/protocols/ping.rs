@@ -44,7 +44,9 @@ pub struct Pinger {
 impl Pinger {
     /// Opens a ping stream on `conn`.
     pub async fn open(node: &Node, conn: &Connection) -> Result<Pinger, DialError> {
-        Ok(Pinger { stream: node.open_stream(conn, PROTOCOL).await? })
+        Ok(Pinger {
+            stream: node.open_stream(conn, PROTOCOL).await?,
+        })
     }
 
     /// Sends one ping and waits for its echo; returns the round-trip time.
@@ -57,11 +59,16 @@ impl Pinger {
             let mut echo = [0u8; PING_SIZE];
             self.stream.read_exact(&mut echo).await?;
             if echo != payload {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "ping echo differs from what we sent"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "ping echo differs from what we sent",
+                ));
             }
             Ok(start.elapsed())
         };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no ping answer"))?
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no ping answer"))?
     }
 
     /// Ends the stream cleanly.

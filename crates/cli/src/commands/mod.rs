@@ -1,0 +1,76 @@
+//! One module per subcommand; shared helpers here.
+
+pub mod dial;
+pub mod listen;
+pub mod perf;
+pub mod ping;
+pub mod relay;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use circuit_net::Keypair;
+use serde_json::json;
+
+use crate::output::Output;
+
+/// The pipe protocol: a byte stream joined to stdin/stdout.
+pub const PIPE_PROTOCOL: &str = "/circuit/pipe/1.0.0";
+
+/// `$XDG_DATA_HOME/circuit` or `~/.local/share/circuit`.
+pub fn data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("circuit");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(h).join(".local/share/circuit");
+    }
+    PathBuf::from(".circuit")
+}
+
+/// Loads (or creates) the identity at `path`, else at `default_name` in the data dir;
+/// with neither, a fresh ephemeral key.
+pub fn identity(path: Option<PathBuf>, default_name: Option<&str>) -> anyhow::Result<Keypair> {
+    let path = match (path, default_name) {
+        (Some(p), _) => p,
+        (None, Some(name)) => data_dir().join(name),
+        (None, None) => return Ok(Keypair::generate_ed25519()),
+    };
+    let (kp, created) = circuit_wire::keys::load_or_create_identity(&path)
+        .with_context(|| format!("identity file {}", path.display()))?;
+    if created {
+        tracing::info!(path = %path.display(), "created a new identity");
+    }
+    Ok(kp)
+}
+
+/// `circuit id`.
+pub fn id(path: Option<PathBuf>, out: Output) -> anyhow::Result<ExitCode> {
+    let kp = identity(path, Some("peer.key"))?;
+    let id = kp.public().to_peer_id();
+    out.result(id.to_string(), json!({"peer_id": id.to_string()}));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copies `from` into `to` until EOF, then half-closes `to`; returns the byte count.
+pub async fn pump<R, W>(mut from: R, mut to: W) -> std::io::Result<u64>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        to.write_all(&buf[..n]).await?;
+        to.flush().await?;
+        total += n as u64;
+    }
+    to.shutdown().await?;
+    Ok(total)
+}
