@@ -6,10 +6,40 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use circuit_proto::relay::Limit;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Which way a forwarded chunk went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the circuit's source (the dialer, on the hop stream) to its destination.
+    SrcToDst,
+    /// From the destination (the listener, on the stop stream) back to the source.
+    DstToSrc,
+}
+
+/// An observer of the bytes a relay forwards: called with every chunk the
+/// bridge has written on, in order, per direction. For tests and diagnostics
+/// (e.g. proving the relay only ever sees ciphertext); it runs on the copy
+/// path, so it must be quick and must not block.
+#[derive(Clone)]
+pub struct Tap(pub Arc<dyn Fn(Direction, &[u8]) + Send + Sync>);
+
+impl Tap {
+    /// Wraps a callback.
+    pub fn new(f: impl Fn(Direction, &[u8]) + Send + Sync + 'static) -> Tap {
+        Tap(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tap(..)")
+    }
+}
 
 /// How a direction of the bridge ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +78,7 @@ async fn copy_dir<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     buf_size: usize,
     counter: &AtomicU64,
     dir_total: &AtomicU64,
+    tap: Option<(&Tap, Direction)>,
 ) -> DirEnd {
     let mut buf = vec![0u8; buf_size];
     let mut total = 0u64;
@@ -69,6 +100,9 @@ async fn copy_dir<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         };
         if w.write_all(&buf[..n]).await.is_err() {
             return DirEnd::Err;
+        }
+        if let Some((tap, dir)) = tap {
+            (tap.0)(dir, &buf[..n]);
         }
         total += n as u64;
         counter.fetch_add(n as u64, Ordering::Relaxed);
@@ -104,11 +138,39 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    bridge_tapped(src, dst, limit, buf_size, relayed, None).await
+}
+
+/// [`bridge`], showing every forwarded chunk to `tap` (if any) after it was written on.
+pub async fn bridge_tapped<A, B>(
+    src: A,
+    dst: B,
+    limit: Limit,
+    buf_size: usize,
+    relayed: &AtomicU64,
+    tap: Option<&Tap>,
+) -> BridgeStats
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let (mut sr, mut sw) = tokio::io::split(src);
     let (mut dr, mut dw) = tokio::io::split(dst);
     let (up_total, down_total) = (AtomicU64::new(0), AtomicU64::new(0));
-    let up = copy_dir(&mut sr, &mut dw, limit.data, buf_size, relayed, &up_total);
-    let down = copy_dir(&mut dr, &mut sw, limit.data, buf_size, relayed, &down_total);
+    let up_tap = tap.map(|t| (t, Direction::SrcToDst));
+    let down_tap = tap.map(|t| (t, Direction::DstToSrc));
+    let up = copy_dir(
+        &mut sr, &mut dw, limit.data, buf_size, relayed, &up_total, up_tap,
+    );
+    let down = copy_dir(
+        &mut dr,
+        &mut sw,
+        limit.data,
+        buf_size,
+        relayed,
+        &down_total,
+        down_tap,
+    );
     tokio::pin!(up);
     tokio::pin!(down);
     let both = async {
@@ -215,6 +277,47 @@ mod tests {
         assert_eq!(stats.end, BridgeEnd::DataLimit);
         assert_eq!(stats.src_to_dst, 1000);
         assert_eq!(forwarded_after, 100);
+    }
+
+    #[tokio::test]
+    async fn tap_sees_exactly_the_forwarded_bytes_per_direction() {
+        let (mut src_peer, src) = tokio::io::duplex(1 << 16);
+        let (mut dst_peer, dst) = tokio::io::duplex(1 << 16);
+        let counter = AtomicU64::new(0);
+        let seen = Arc::new(std::sync::Mutex::new((Vec::new(), Vec::new())));
+        let s2 = seen.clone();
+        let tap = Tap::new(move |dir, chunk| {
+            let mut g = s2.lock().unwrap();
+            match dir {
+                Direction::SrcToDst => g.0.extend_from_slice(chunk),
+                Direction::DstToSrc => g.1.extend_from_slice(chunk),
+            }
+        });
+        let limit = Limit {
+            duration: None,
+            data: Some(300),
+        };
+        let peers = async move {
+            dst_peer.write_all(b"back").await.unwrap();
+            let mut b = [0u8; 4];
+            src_peer.read_exact(&mut b).await.unwrap();
+            // 500 bytes against a 300-byte limit: the tap must not see the 200 cut off.
+            let up: Vec<u8> = (0..500u32).map(|i| i as u8).collect();
+            src_peer.write_all(&up).await.unwrap();
+            let mut got = Vec::new();
+            let _ = dst_peer.read_to_end(&mut got).await;
+            (up, got)
+        };
+        let (stats, (up, got)) = tokio::join!(
+            bridge_tapped(src, dst, limit, 64, &counter, Some(&tap)),
+            peers
+        );
+        assert_eq!(stats.end, BridgeEnd::DataLimit);
+        let g = seen.lock().unwrap();
+        assert_eq!(g.0, up[..300].to_vec());
+        assert_eq!(g.0, got);
+        assert_eq!(g.1, b"back".to_vec());
+        assert_eq!(format!("{tap:?}"), "Tap(..)");
     }
 
     #[tokio::test(start_paused = true)]

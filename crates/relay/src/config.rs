@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use circuit_proto::relay::Limit;
 
+use crate::bridge::Tap;
+
 /// Limits and timeouts of the relay. Defaults follow go-libp2p's relay service.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -27,6 +29,8 @@ pub struct RelayConfig {
     pub connect_timeout: Duration,
     /// Sign reservation vouchers.
     pub vouchers: bool,
+    /// Sees every chunk forwarded on circuits opened from now on (tests, diagnostics); `None` costs nothing.
+    pub tap: Option<Tap>,
 }
 
 impl Default for RelayConfig {
@@ -42,6 +46,7 @@ impl Default for RelayConfig {
             stream_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(30),
             vouchers: true,
+            tap: None,
         }
     }
 }

@@ -14,7 +14,7 @@ use libp2p_identity::PeerId;
 use multiaddr::{Multiaddr, Protocol};
 use tokio::io::AsyncWriteExt;
 
-use crate::bridge::{bridge, BridgeEnd};
+use crate::bridge::{bridge_tapped, BridgeEnd};
 use crate::config::RelayConfig;
 use crate::table::{ReservationTable, TableError};
 
@@ -346,12 +346,13 @@ impl Relay {
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(%src, %target, limit = ?cfg.limit, "circuit open");
         let started = Instant::now();
-        let stats = bridge(
+        let stats = bridge_tapped(
             src_stream,
             dst_stream,
             cfg.limit,
             cfg.buffer_size,
             &self.inner.stats.bytes_relayed,
+            cfg.tap.as_ref(),
         )
         .await;
         if matches!(stats.end, BridgeEnd::DataLimit | BridgeEnd::DurationLimit) {
