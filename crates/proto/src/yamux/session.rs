@@ -412,6 +412,16 @@ impl Session {
             }
             return;
         }
+        // FIN goes in a frame of its own, a Window Update as go-yamux sends it: js-libp2p's
+        // yamux drops the payload of a Data frame that also carries FIN.
+        if s.fin_pending && s.send_buf.is_empty() {
+            let flags = std::mem::take(&mut s.pending_flags) | Flags::FIN;
+            s.fin_pending = false;
+            s.fin_sent = true;
+            out.extend_from_slice(&Header::window_update(id, 0, flags).encode());
+            self.maybe_forget(id);
+            return;
+        }
         let room = max.saturating_sub(out.len()).saturating_sub(HEADER_LEN);
         let len = s
             .send_buf
@@ -419,12 +429,7 @@ impl Session {
             .min(s.send_window as usize)
             .min(self.config.max_frame_payload)
             .min(room.max(MIN_FITTED_PAYLOAD));
-        let mut flags = std::mem::take(&mut s.pending_flags);
-        if s.fin_pending && len == s.send_buf.len() {
-            flags |= Flags::FIN;
-            s.fin_pending = false;
-            s.fin_sent = true;
-        }
+        let flags = std::mem::take(&mut s.pending_flags);
         // len <= send_window (a u32), so the cast is lossless.
         out.extend_from_slice(&Header::data(id, len as u32, flags).encode());
         let (a, b) = s.send_buf.as_slices();

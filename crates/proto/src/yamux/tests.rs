@@ -747,3 +747,16 @@ fn fin_and_rst_on_window_update_frames_like_go_yamux() {
     assert_eq!(read_available(&mut s, 1), (b"ok".to_vec(), true));
     assert_eq!(s.stream_read(3, &mut [0; 4]), Err(StreamError::Reset));
 }
+
+#[test]
+fn fin_travels_alone_after_the_last_data() {
+    // js-libp2p's yamux discards the payload of a Data frame flagged FIN, so the FIN
+    // must come in a frame of its own (a Window Update, as go-yamux sends it).
+    let mut c = Session::new(Mode::Client, Config::default());
+    let id = c.open_stream().unwrap();
+    c.stream_write(id, b"last words").unwrap();
+    c.stream_finish(id);
+    let mut out = Vec::new();
+    c.poll_transmit(&mut out, 1 << 20);
+    assert_eq!(frames(&out), vec![Header::data(id, 10, Flags::SYN), Header::window_update(id, 0, Flags::FIN)]);
+}
