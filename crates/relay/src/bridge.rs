@@ -26,7 +26,10 @@ pub enum Direction {
 /// (e.g. proving the relay only ever sees ciphertext); it runs on the copy
 /// path, so it must be quick and must not block.
 #[derive(Clone)]
-pub struct Tap(pub Arc<dyn Fn(Direction, &[u8]) + Send + Sync>);
+pub struct Tap(pub Arc<TapFn>);
+
+/// The callback type of a [`Tap`].
+pub type TapFn = dyn Fn(Direction, &[u8]) + Send + Sync;
 
 impl Tap {
     /// Wraps a callback.

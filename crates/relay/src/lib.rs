@@ -9,7 +9,7 @@ mod config;
 mod service;
 mod table;
 
-pub use bridge::{bridge, bridge_tapped, BridgeEnd, Direction, Tap};
+pub use bridge::{bridge, bridge_tapped, BridgeEnd, Direction, Tap, TapFn};
 pub use config::RelayConfig;
 pub use service::{Relay, RelayStats};
 pub use table::{ReservationTable, TableError};
