@@ -396,3 +396,31 @@ async fn limit_is_absent_when_unlimited_and_exact_when_configured() {
     }
     assert_eq!(relay.stats().circuits_opened.load(Ordering::Relaxed), 2);
 }
+
+#[tokio::test]
+async fn hop_over_a_relayed_connection_is_denied() {
+    init_logs();
+    let (_r1n, _r1, r1_addr) = relay(RelayConfig {
+        limit: Limit::UNLIMITED,
+        ..Default::default()
+    })
+    .await;
+    // A second relay, reachable only through the first.
+    let (r2n, r2, _) = relay(RelayConfig::default()).await;
+    let circuit = within(5.0, "reserve", relay_client::reserve(&r2n, &r1_addr))
+        .await
+        .unwrap()
+        .circuit_addrs[0]
+        .clone();
+    let dialer = node(&[]).await;
+    let conn = within(5.0, "dial circuit", dialer.dial(&circuit))
+        .await
+        .unwrap();
+    assert!(conn.info().relayed);
+    assert_eq!(conn.peer(), r2n.peer_id());
+    // Relaying over a relayed connection would chain circuits: refused.
+    let answer = hop_exchange(&dialer, &conn, &core::hop_reserve()).await;
+    assert_eq!(answer.status, Some(Status::PermissionDenied as i32));
+    assert_eq!(r2.num_reservations(), 0);
+    assert_eq!(r2.stats().reservations_accepted.load(Ordering::Relaxed), 0);
+}
