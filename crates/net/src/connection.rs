@@ -208,6 +208,14 @@ impl Connection {
             .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "connection closed"))
     }
 
+    /// Tells the peer we open no more streams and accept none (yamux go-away);
+    /// streams already open go on.
+    pub fn go_away(&self) {
+        let mut st = lock(&self.shared);
+        st.session.go_away(0);
+        st.wake_driver();
+    }
+
     /// Closes the connection: go-away, then the driver ends.
     pub fn close(&self) {
         let mut st = lock(&self.shared);

@@ -164,6 +164,7 @@ pub(crate) struct Inner {
     peers: Mutex<HashMap<PeerId, PeerInfo>>,
     events: broadcast::Sender<NodeEvent>,
     handshakes: Arc<Semaphore>,
+    listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// A libp2p node. Cheap to clone; all clones are the same node.
@@ -231,6 +232,7 @@ impl Node {
                 peers: Mutex::new(HashMap::new()),
                 events,
                 handshakes,
+                listeners: Mutex::new(Vec::new()),
             }),
         };
         crate::protocols::identify::install(&node);
@@ -323,8 +325,39 @@ impl Node {
             .extend(bound.iter().cloned());
         let node = self.clone();
         let span = tracing::info_span!("listener", addr = %listener.local_addr());
-        tokio::spawn(async move { node.accept_loop(listener).await }.instrument(span));
+        let task = tokio::spawn(async move { node.accept_loop(listener).await }.instrument(span));
+        self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner()).push(task);
         Ok(bound)
+    }
+
+    /// Stops accepting connections: closes every listener (their ports are freed).
+    pub fn stop_listening(&self) {
+        for t in self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Graceful shutdown: stop accepting, tell every peer (yamux go-away: no new
+    /// streams, running ones go on), wait until the connections end or `drain`
+    /// passes, then close what is left. Returns the number of connections that
+    /// were still open at the deadline.
+    pub async fn shutdown(&self, drain: Duration) -> usize {
+        self.stop_listening();
+        for c in self.connections() {
+            c.go_away();
+        }
+        let deadline = tokio::time::Instant::now() + drain;
+        while tokio::time::Instant::now() < deadline {
+            if self.connections().iter().all(|c| c.num_streams() == 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = self.connections().iter().filter(|c| c.num_streams() > 0).count();
+        for c in self.connections() {
+            c.close();
+        }
+        left
     }
 
     /// Addresses we can be reached at: the announced ones if any, else the listen
