@@ -275,3 +275,179 @@ pub mod noise {
         pub extensions: Option<NoiseExtensions>,
     }
 }
+
+/// Kademlia DHT (`/ipfs/kad/1.0.0`), the `dht.proto` of go-libp2p-kad-dht and
+/// rust-libp2p.
+///
+/// That schema is **proto3**: fields have no presence, so a field equal to its
+/// default (`type = PUT_VALUE = 0`, empty `key`) is simply not sent, exactly as
+/// go, rust and js encode it. Nested types of `Message` are flattened into this
+/// module; the wire form does not depend on nesting.
+pub mod kad {
+    /// A DHT value record (only used by PUT_VALUE/GET_VALUE, which circuit does
+    /// not store; kept so such messages decode).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Record {
+        /// The key of the record.
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        /// The value.
+        #[prost(bytes = "vec", tag = "2")]
+        pub value: Vec<u8>,
+        /// Time the record was received, set by the receiver.
+        #[prost(string, tag = "5")]
+        pub time_received: String,
+    }
+
+    /// The one message of the protocol, used for requests and responses.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Message {
+        /// What kind of message this is ([`MessageType`]).
+        #[prost(enumeration = "MessageType", tag = "1")]
+        pub r#type: i32,
+        /// Unused (coral cluster level); rust-libp2p sends 10/9, go sends 0.
+        #[prost(int32, tag = "10")]
+        pub cluster_level_raw: i32,
+        /// The key of FIND_NODE (a peer id), GET_PROVIDERS and ADD_PROVIDER
+        /// (a multihash), GET_VALUE and PUT_VALUE.
+        #[prost(bytes = "vec", tag = "2")]
+        pub key: Vec<u8>,
+        /// PUT_VALUE / GET_VALUE record.
+        #[prost(message, optional, tag = "3")]
+        pub record: Option<Record>,
+        /// Peers closer to the key (responses).
+        #[prost(message, repeated, tag = "8")]
+        pub closer_peers: Vec<Peer>,
+        /// Providers of the key (GET_PROVIDERS response, ADD_PROVIDER request).
+        #[prost(message, repeated, tag = "9")]
+        pub provider_peers: Vec<Peer>,
+    }
+
+    /// A peer as known by the sender.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Peer {
+        /// Peer id bytes.
+        #[prost(bytes = "vec", tag = "1")]
+        pub id: Vec<u8>,
+        /// Binary multiaddrs.
+        #[prost(bytes = "vec", repeated, tag = "2")]
+        pub addrs: Vec<Vec<u8>>,
+        /// The sender's connection to that peer ([`ConnectionType`]).
+        #[prost(enumeration = "ConnectionType", tag = "3")]
+        pub connection: i32,
+    }
+
+    /// `Message.type`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum MessageType {
+        /// Store a value record.
+        PutValue = 0,
+        /// Fetch a value record.
+        GetValue = 1,
+        /// Announce that the sender provides a key.
+        AddProvider = 2,
+        /// Ask for providers of a key.
+        GetProviders = 3,
+        /// Ask for the peers closest to a key.
+        FindNode = 4,
+        /// Deprecated liveness check.
+        Ping = 5,
+    }
+
+    /// `Peer.connection`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum ConnectionType {
+        /// No connection, no extra information (default).
+        NotConnected = 0,
+        /// A live connection.
+        Connected = 1,
+        /// Recently connected.
+        CanConnect = 2,
+        /// Recently failed to connect.
+        CannotConnect = 3,
+    }
+}
+
+/// AutoNAT v1 (`/libp2p/autonat/1.0.0`).
+///
+/// The schema is **proto2** with `optional` fields: every field we set is put on
+/// the wire even when it equals its default (`type = DIAL = 0`, `status = OK = 0`),
+/// because rust-libp2p checks `type_pb == Some(DIAL)` and `status == Some(OK)`.
+/// Nested types of `Message` are flattened into this module.
+pub mod autonat {
+    /// The one message of the protocol.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Message {
+        /// [`MessageType`]; always set.
+        #[prost(enumeration = "MessageType", optional, tag = "1")]
+        pub r#type: Option<i32>,
+        /// The request (type DIAL).
+        #[prost(message, optional, tag = "2")]
+        pub dial: Option<Dial>,
+        /// The answer (type DIAL_RESPONSE).
+        #[prost(message, optional, tag = "3")]
+        pub dial_response: Option<DialResponse>,
+    }
+
+    /// `Message.type`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum MessageType {
+        /// Dial me back.
+        Dial = 0,
+        /// The outcome.
+        DialResponse = 1,
+    }
+
+    /// `DialResponse.status`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum ResponseStatus {
+        /// A dial-back succeeded.
+        Ok = 0,
+        /// Every dial-back failed.
+        EDialError = 100,
+        /// The server would not dial.
+        EDialRefused = 101,
+        /// The request was malformed.
+        EBadRequest = 200,
+        /// The server failed.
+        EInternalError = 300,
+    }
+
+    /// The requester and the addresses to dial.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PeerInfo {
+        /// Peer id bytes.
+        #[prost(bytes = "vec", optional, tag = "1")]
+        pub id: Option<Vec<u8>>,
+        /// Binary multiaddrs.
+        #[prost(bytes = "vec", repeated, tag = "2")]
+        pub addrs: Vec<Vec<u8>>,
+    }
+
+    /// A dial-back request.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Dial {
+        /// Who to dial, where.
+        #[prost(message, optional, tag = "1")]
+        pub peer: Option<PeerInfo>,
+    }
+
+    /// A dial-back answer.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct DialResponse {
+        /// [`ResponseStatus`]; always set.
+        #[prost(enumeration = "ResponseStatus", optional, tag = "1")]
+        pub status: Option<i32>,
+        /// Human-readable reason.
+        #[prost(string, optional, tag = "2")]
+        pub status_text: Option<String>,
+        /// OK: the address that worked (binary multiaddr); absent otherwise
+        /// (rust-libp2p rejects an error response that carries an address).
+        #[prost(bytes = "vec", optional, tag = "3")]
+        pub addr: Option<Vec<u8>>,
+    }
+}
