@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use circuit_proto::multistream;
 use circuit_proto::noise;
+use circuit_proto::relay::Limit;
 use circuit_proto::yamux::{self, Event as MuxEvent, Session, StreamError, StreamId};
 use libp2p_identity::PeerId;
 use multiaddr::Multiaddr;
@@ -60,6 +62,9 @@ pub struct ConnectionInfo {
     pub direction: Direction,
     /// Whether this connection runs over a relay circuit.
     pub relayed: bool,
+    /// For a relayed connection, the limit the relay announced (duration, bytes per
+    /// direction); [`Limit::UNLIMITED`] for direct connections and unlimited circuits.
+    pub limit: Limit,
 }
 
 #[derive(Default)]
@@ -249,6 +254,9 @@ pub struct Stream {
     /// Bytes read ahead during protocol negotiation, handed out first.
     prefix: Vec<u8>,
     prefix_pos: usize,
+    /// A lazily negotiated protocol (proposal sent, application data may already
+    /// follow): the peer's header and echo must be checked before the first read.
+    unconfirmed: Option<Box<multistream::Dialer>>,
 }
 
 impl std::fmt::Debug for Stream {
@@ -267,6 +275,7 @@ impl Stream {
             id,
             prefix: Vec::new(),
             prefix_pos: 0,
+            unconfirmed: None,
         }
     }
 
@@ -283,6 +292,12 @@ impl Stream {
         data.extend_from_slice(&self.prefix[self.prefix_pos..]);
         self.prefix = data;
         self.prefix_pos = 0;
+    }
+
+    /// Marks the stream as optimistically negotiated: reads first check the peer's
+    /// answer with `dialer` and fail if it refused the protocol.
+    pub(crate) fn expect_confirmation(&mut self, dialer: multistream::Dialer) {
+        self.unconfirmed = Some(Box::new(dialer));
     }
 
     /// Aborts the stream (yamux RST).
@@ -304,6 +319,56 @@ fn stream_err(e: StreamError, closed: &Option<String>) -> io::Error {
     }
 }
 
+impl Stream {
+    /// Reads the peer's multistream answer until the lazy proposal is confirmed.
+    fn poll_confirm(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut tmp = [0u8; 256];
+        loop {
+            let Some(dialer) = self.unconfirmed.as_mut() else {
+                break;
+            };
+            if dialer.is_confirmed() {
+                let rest = dialer.take_leftover();
+                self.unconfirmed = None;
+                self.unread(rest);
+                break;
+            }
+            let n = {
+                let mut st = lock(&self.conn.shared);
+                match st.session.stream_read(self.id, &mut tmp) {
+                    Ok(n) => {
+                        st.wake_driver();
+                        n
+                    }
+                    Err(StreamError::WouldBlock) if st.closed.is_none() => {
+                        st.wakers.entry(self.id).or_default().read = Some(cx.waker().clone());
+                        return Poll::Pending;
+                    }
+                    Err(e) => {
+                        let closed = st.closed.clone();
+                        return Poll::Ready(Err(stream_err(e, &closed)));
+                    }
+                }
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "stream closed during protocol negotiation",
+                )));
+            }
+            if let Some(dialer) = self.unconfirmed.as_mut() {
+                if let Err(e) = dialer.handle_input(&tmp[..n]) {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!("protocol negotiation: {e}"),
+                    )));
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -311,6 +376,12 @@ impl AsyncRead for Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.unconfirmed.is_some() {
+            match this.poll_confirm(cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+        }
         if this.prefix_pos < this.prefix.len() {
             let n = (this.prefix.len() - this.prefix_pos).min(buf.remaining());
             buf.put_slice(&this.prefix[this.prefix_pos..this.prefix_pos + n]);

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use circuit_proto::relay::Limit;
 use circuit_proto::yamux;
 use circuit_wire::addr::{self as waddr};
 use libp2p_identity::{Keypair, PeerId, PublicKey};
@@ -326,13 +327,23 @@ impl Node {
         let node = self.clone();
         let span = tracing::info_span!("listener", addr = %listener.local_addr());
         let task = tokio::spawn(async move { node.accept_loop(listener).await }.instrument(span));
-        self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
         Ok(bound)
     }
 
     /// Stops accepting connections: closes every listener (their ports are freed).
     pub fn stop_listening(&self) {
-        for t in self.inner.listeners.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for t in self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
     }
@@ -353,7 +364,11 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let left = self.connections().iter().filter(|c| c.num_streams() > 0).count();
+        let left = self
+            .connections()
+            .iter()
+            .filter(|c| c.num_streams() > 0)
+            .count();
         for c in self.connections() {
             c.close();
         }
@@ -524,7 +539,7 @@ impl Node {
                         }
                     };
                     let remote_addr = raw.remote_addr.clone();
-                    if let Err(e) = node.upgrade(raw.io, raw.local_addr, raw.remote_addr, Direction::Inbound, None, false).await {
+                    if let Err(e) = node.upgrade(raw.io, raw.local_addr, raw.remote_addr, Direction::Inbound, None, None).await {
                         tracing::info!(%remote_addr, stage = %e.stage(), error = %e, "inbound handshake failed");
                         node.emit(NodeEvent::HandshakeFailed { remote_addr, stage: e.stage(), error: e.to_string() });
                     }
@@ -542,7 +557,7 @@ impl Node {
         remote_addr: Multiaddr,
         direction: Direction,
         expected: Option<PeerId>,
-        relayed: bool,
+        relay_limit: Option<Limit>,
     ) -> Result<Connection, UpgradeError> {
         let cfg = self.config();
         let secured = upgrade::secure(
@@ -560,7 +575,8 @@ impl Node {
             remote_addr,
             local_addr,
             direction,
-            relayed,
+            relayed: relay_limit.is_some(),
+            limit: relay_limit.unwrap_or(Limit::UNLIMITED),
         };
         let (tx, rx) = mpsc::channel(cfg.max_negotiating_streams);
         let (conn, driver) = Connection::new(
@@ -579,7 +595,7 @@ impl Node {
             .entry(peer)
             .or_default()
             .push(conn.clone());
-        tracing::debug!(%peer, remote = %conn.info().remote_addr, relayed, ?direction, "connection established");
+        tracing::debug!(%peer, remote = %conn.info().remote_addr, relayed = conn.info().relayed, ?direction, "connection established");
         self.emit(NodeEvent::ConnectionEstablished(conn.info().clone()));
 
         let node = self.clone();
@@ -697,7 +713,7 @@ impl Node {
             raw.remote_addr,
             Direction::Outbound,
             peer,
-            false,
+            None,
         )
         .await
         .map_err(|source| DialError::Upgrade {
@@ -707,7 +723,27 @@ impl Node {
     }
 
     /// Opens a stream on `conn` and negotiates `protocol` on it.
+    ///
+    /// Negotiation is optimistic (multistream-select "V1Lazy", as go and rust peers do):
+    /// the proposal goes out with the first application bytes, saving a round trip; the
+    /// peer's answer is checked on the first read, which fails if it refused.
     pub async fn open_stream(
+        &self,
+        conn: &Connection,
+        protocol: &str,
+    ) -> Result<Stream, DialError> {
+        let mut s = conn.open_raw_stream()?;
+        let mut dialer = circuit_proto::multistream::Dialer::new(vec![protocol.to_string()], true);
+        let mut out = Vec::new();
+        dialer.poll_transmit(&mut out);
+        tokio::io::AsyncWriteExt::write_all(&mut s, &out).await?;
+        s.expect_confirmation(dialer);
+        Ok(s)
+    }
+
+    /// Opens a stream and waits until the peer confirms `protocol` (one round trip more
+    /// than [`Self::open_stream`], but a refusal shows up here).
+    pub async fn open_stream_confirmed(
         &self,
         conn: &Connection,
         protocol: &str,

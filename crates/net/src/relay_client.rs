@@ -180,9 +180,9 @@ pub fn keep_reservation(node: &Node, relay_addr: Multiaddr) -> KeptReservation {
                         node.add_address(a.clone());
                     }
                     let _ = events.send(ReservationEvent::Accepted(r.clone()));
-                    // Refresh at 3/4 of the remaining lifetime (as rust-libp2p), at least every 10 s apart.
+                    // Refresh at 3/4 of the remaining lifetime (as rust-libp2p), never sooner than 1 s.
                     let left = r.granted.expire.saturating_sub(now_unix());
-                    let wait = Duration::from_secs((left * 3 / 4).max(10));
+                    let wait = Duration::from_secs((left * 3 / 4).max(1));
                     let conn = node
                         .connections_to(&r.relay)
                         .into_iter()
@@ -296,7 +296,7 @@ pub async fn connect_via(
         remote,
         Direction::Outbound,
         Some(target),
-        true,
+        Some(limit),
     )
     .await
     .map_err(|source| DialError::Upgrade { addr, source })
@@ -344,7 +344,7 @@ async fn handle_stop(
     tracing::debug!(relay = %relay_conn.peer(), %src, ?limit, "accepting circuit");
     let remote = circuit_remote_addr(relay_conn);
     let local = relay_conn.info().local_addr.clone();
-    node.upgrade(Box::new(s), local, remote, Direction::Inbound, None, true)
+    node.upgrade(Box::new(s), local, remote, Direction::Inbound, None, Some(limit))
         .await
         .map(|c| {
             if c.peer() != src {
@@ -354,8 +354,7 @@ async fn handle_stop(
         .map_err(|e| e.to_string())
 }
 
-/// Limit of a relayed connection as the relay announced it is not tracked yet per
-/// connection; helpers for applications that want to respect it.
+/// A limit in words, for logs and CLI output.
 pub fn describe_limit(limit: &Limit) -> String {
     match (limit.duration, limit.data) {
         (None, None) => "unlimited".into(),

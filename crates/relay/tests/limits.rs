@@ -52,7 +52,17 @@ async fn data_limit_closes_the_circuit_on_both_sides() {
         .await
         .unwrap();
     let mut s = dialer.open_stream(&conn, ECHO).await.unwrap();
-    let payload: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 + 3) as u8).collect();
+    let full: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 + 3) as u8).collect();
+    // A first small round trip, so that the listener's side of the circuit (its Noise
+    // handshake and its echo handler) is up before the bulk data hits the limit.
+    let first = &full[..1024];
+    s.write_all(first).await.unwrap();
+    let mut echo = vec![0u8; first.len()];
+    within(5.0, "first echo", s.read_exact(&mut echo))
+        .await
+        .unwrap();
+    assert_eq!(echo, first);
+    let payload = &full[first.len()..];
     let (write_res, (got, read_res)) = within(8.0, "send 1 MiB over a 64 KiB circuit", async {
         let (mut rd, mut wr) = tokio::io::split(&mut s);
         let send = async {
@@ -88,7 +98,7 @@ async fn data_limit_closes_the_circuit_on_both_sides() {
     {
         let logs = logs.lock().unwrap();
         assert!((logs[0].received.len() as u64) < LIMIT);
-        assert!(logs[0].received[..] == payload[..logs[0].received.len()]);
+        assert!(logs[0].received[..] == full[..logs[0].received.len()]);
         assert!(
             matches!(logs[0].end, Some(Err(_))),
             "listener stream should fail, not end cleanly: {:?}",
