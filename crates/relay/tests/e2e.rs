@@ -135,3 +135,71 @@ async fn refusals_no_reservation_and_full() {
     let err = a.dial(&circuit).await.unwrap_err();
     assert!(err.to_string().contains("NO_RESERVATION"), "{err}");
 }
+
+#[tokio::test]
+async fn kept_reservation_is_refreshed_before_it_expires() {
+    init_logs();
+    let (_rn, relay, tcp, _) = relay(RelayConfig {
+        reservation_ttl: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let listener = node(&[]).await;
+    let kept = relay_client::keep_reservation(&listener, tcp.clone());
+    let mut events = kept.events();
+    // Three accepted reservations within 5 s: the first and two refreshes (TTL 2 s, refresh at 3/4).
+    let mut accepted = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while accepted < 3 {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(relay_client::ReservationEvent::Accepted(_))) => accepted += 1,
+            Ok(Ok(other)) => panic!("unexpected {other:?}"),
+            other => panic!("only {accepted} reservations within 6 s: {other:?}"),
+        }
+    }
+    // Still reachable after the first reservation's expiry.
+    let mut circuit = tcp.clone();
+    circuit.push(multiaddr::Protocol::P2pCircuit);
+    circuit.push(multiaddr::Protocol::P2p(listener.peer_id()));
+    let dialer = node(&[]).await;
+    let conn = dialer.dial(&circuit).await.unwrap();
+    assert!(conn.info().relayed);
+    // The relay's default limit travels with the relayed connection.
+    assert_eq!(conn.info().limit, Limit::GO_DEFAULT);
+    assert!(relay.num_reservations() >= 1);
+    // Our announced addresses include the circuit address while the reservation holds.
+    assert!(listener
+        .addresses()
+        .iter()
+        .any(|a| a.to_string().contains("/p2p-circuit")));
+    drop(kept);
+}
+
+#[tokio::test]
+async fn dns_dial_and_refused_protocol() {
+    init_logs();
+    let a = node(&["/ip4/127.0.0.1/tcp/0"]).await;
+    let port = a.listen_addrs()[0].iter().find_map(|p| match p {
+        multiaddr::Protocol::Tcp(p) => Some(p),
+        _ => None,
+    });
+    let addr: Multiaddr = format!("/dns4/localhost/tcp/{}/p2p/{}", port.unwrap(), a.peer_id())
+        .parse()
+        .unwrap();
+    let b = node(&[]).await;
+    let conn = b.dial(&addr).await.unwrap();
+    assert_eq!(conn.peer(), a.peer_id());
+    // Optimistic negotiation: the refusal surfaces on the first read.
+    let mut s = b.open_stream(&conn, "/not/served/1.0.0").await.unwrap();
+    let mut buf = [0u8; 8];
+    let err = s.read(&mut buf).await.unwrap_err();
+    assert!(err.to_string().contains("negotiation"), "{err}");
+    // The confirmed variant reports it at once.
+    assert!(b
+        .open_stream_confirmed(&conn, "/not/served/1.0.0")
+        .await
+        .is_err());
+    // And the connection still works.
+    let mut p = Pinger::open(&b, &conn).await.unwrap();
+    p.ping(Duration::from_secs(5)).await.unwrap();
+}
