@@ -79,7 +79,7 @@ async fn copy_dir<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     w: &mut W,
     max: Option<u64>,
     buf_size: usize,
-    counter: &AtomicU64,
+    counters: &[&AtomicU64],
     dir_total: &AtomicU64,
     tap: Option<(&Tap, Direction)>,
 ) -> DirEnd {
@@ -108,7 +108,9 @@ async fn copy_dir<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             (tap.0)(dir, &buf[..n]);
         }
         total += n as u64;
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+        for c in counters {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
         if let Some(m) = max {
             if total >= m {
                 // The limit allows exactly m bytes; anything more would be over it.
@@ -157,20 +159,44 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    bridge_counted(src, dst, limit, buf_size, &[relayed], &[relayed], tap).await
+}
+
+/// [`bridge_tapped`] with separate counters per direction (each forwarded byte
+/// is added to every counter of its direction): totals and metrics at once.
+pub(crate) async fn bridge_counted<A, B>(
+    src: A,
+    dst: B,
+    limit: Limit,
+    buf_size: usize,
+    up_counters: &[&AtomicU64],
+    down_counters: &[&AtomicU64],
+    tap: Option<&Tap>,
+) -> BridgeStats
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let (mut sr, mut sw) = tokio::io::split(src);
     let (mut dr, mut dw) = tokio::io::split(dst);
     let (up_total, down_total) = (AtomicU64::new(0), AtomicU64::new(0));
     let up_tap = tap.map(|t| (t, Direction::SrcToDst));
     let down_tap = tap.map(|t| (t, Direction::DstToSrc));
     let up = copy_dir(
-        &mut sr, &mut dw, limit.data, buf_size, relayed, &up_total, up_tap,
+        &mut sr,
+        &mut dw,
+        limit.data,
+        buf_size,
+        up_counters,
+        &up_total,
+        up_tap,
     );
     let down = copy_dir(
         &mut dr,
         &mut sw,
         limit.data,
         buf_size,
-        relayed,
+        down_counters,
         &down_total,
         down_tap,
     );

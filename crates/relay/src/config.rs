@@ -1,8 +1,11 @@
 //! Settings of the relay service.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use circuit_proto::relay::Limit;
+use ipnet::IpNet;
+use libp2p_identity::PeerId;
 
 use crate::bridge::Tap;
 
@@ -29,6 +32,8 @@ pub struct RelayConfig {
     pub connect_timeout: Duration,
     /// Sign reservation vouchers.
     pub vouchers: bool,
+    /// Who may reserve and who may open circuits.
+    pub acl: Acl,
     /// Sees every chunk forwarded on circuits opened from now on (tests, diagnostics); `None` costs nothing.
     pub tap: Option<Tap>,
 }
@@ -46,7 +51,128 @@ impl Default for RelayConfig {
             stream_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(30),
             vouchers: true,
+            acl: Acl::default(),
             tap: None,
         }
+    }
+}
+
+/// One ACL entry: a peer, or an IP subnet (a single address is a /32 or /128).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AclRule {
+    /// Matches this PeerId.
+    Peer(PeerId),
+    /// Matches a connection whose remote IP is in this subnet.
+    Net(IpNet),
+}
+
+impl AclRule {
+    fn matches(&self, peer: &PeerId, ip: Option<IpAddr>) -> bool {
+        match self {
+            AclRule::Peer(p) => p == peer,
+            AclRule::Net(n) => ip.map(|ip| n.contains(&ip)).unwrap_or(false),
+        }
+    }
+}
+
+impl std::str::FromStr for AclRule {
+    type Err = String;
+
+    /// `12D3KooW…` (a PeerId), `10.0.0.0/8`, `2001:db8::/32`, or a bare IP address.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(n) = s.parse::<IpNet>() {
+            return Ok(AclRule::Net(n.trunc()));
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(AclRule::Net(IpNet::from(ip)));
+        }
+        if let Ok(p) = s.parse::<PeerId>() {
+            return Ok(AclRule::Peer(p));
+        }
+        Err(format!(
+            "{s:?} is neither a PeerId nor an IP address or subnet (like 10.0.0.0/8)"
+        ))
+    }
+}
+
+impl std::fmt::Display for AclRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AclRule::Peer(p) => write!(f, "{p}"),
+            AclRule::Net(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Allow and deny lists for one kind of request.
+///
+/// A request is refused when it matches any `deny` rule, or when `allow` is not
+/// empty and it matches none of its rules. Empty lists let everyone in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AclList {
+    /// If not empty, only these may.
+    pub allow: Vec<AclRule>,
+    /// These may not (checked first).
+    pub deny: Vec<AclRule>,
+}
+
+impl AclList {
+    /// Whether `peer`, connected from `ip`, passes the list.
+    pub fn permits(&self, peer: &PeerId, ip: Option<IpAddr>) -> bool {
+        if self.deny.iter().any(|r| r.matches(peer, ip)) {
+            return false;
+        }
+        self.allow.is_empty() || self.allow.iter().any(|r| r.matches(peer, ip))
+    }
+}
+
+/// The relay's access control: reservations and connects are checked separately.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Acl {
+    /// Who may RESERVE (checked against the reserving peer and its connection's IP).
+    pub reserve: AclList,
+    /// Who may CONNECT (checked against the source peer and its connection's IP).
+    pub connect: AclList,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acl_deny_wins_and_allow_restricts() {
+        let a = PeerId::random();
+        let b = PeerId::random();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let open = AclList::default();
+        assert!(open.permits(&a, None));
+        let l = AclList {
+            allow: vec![
+                "10.0.0.0/8".parse().unwrap(),
+                a.to_string().parse().unwrap(),
+            ],
+            deny: vec!["10.1.2.3".parse().unwrap()],
+        };
+        assert!(l.permits(&b, ip("10.9.9.9")));
+        assert!(!l.permits(&b, ip("10.1.2.3")));
+        assert!(
+            !l.permits(&a, ip("10.1.2.3")),
+            "deny wins over an allowed peer"
+        );
+        assert!(l.permits(&a, ip("192.0.2.1")));
+        assert!(!l.permits(&b, ip("192.0.2.1")));
+        assert!(!l.permits(&b, None));
+        let v6 = AclList {
+            allow: vec![],
+            deny: vec!["2001:db8::/32".parse().unwrap()],
+        };
+        assert!(!v6.permits(&a, ip("2001:db8::1")));
+        assert!(v6.permits(&a, ip("2001:db9::1")));
+        assert!("nonsense".parse::<AclRule>().is_err());
+        assert_eq!(
+            "10.1.2.3/8".parse::<AclRule>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
     }
 }

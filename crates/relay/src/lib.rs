@@ -6,10 +6,12 @@
 
 mod bridge;
 mod config;
+pub mod metrics;
 mod service;
 mod table;
 
 pub use bridge::{bridge, bridge_tapped, BridgeEnd, Direction, Tap, TapFn};
-pub use config::RelayConfig;
+pub use config::{Acl, AclList, AclRule, RelayConfig};
+pub use metrics::RelayMetrics;
 pub use service::{Relay, RelayStats};
 pub use table::{ReservationTable, TableError};

@@ -14,8 +14,9 @@ use libp2p_identity::PeerId;
 use multiaddr::{Multiaddr, Protocol};
 use tokio::io::AsyncWriteExt;
 
-use crate::bridge::{bridge_tapped, BridgeEnd};
+use crate::bridge::{bridge_counted, BridgeEnd};
 use crate::config::RelayConfig;
+use crate::metrics::{RelayMetrics, Request};
 use crate::table::{ReservationTable, TableError};
 
 /// Counters of the relay, for status lines and metrics.
@@ -40,6 +41,7 @@ struct Inner {
     config: RwLock<RelayConfig>,
     table: Mutex<ReservationTable>,
     stats: RelayStats,
+    metrics: RelayMetrics,
 }
 
 /// A running relay service. Cheap to clone.
@@ -72,8 +74,10 @@ impl Relay {
                 config: RwLock::new(config),
                 table: Mutex::new(ReservationTable::default()),
                 stats: RelayStats::default(),
+                metrics: RelayMetrics::new(),
             }),
         };
+        relay.inner.metrics.set_status(true);
         let r = relay.clone();
         node.handle(HOP_PROTOCOL, move |inc| {
             let r = r.clone();
@@ -86,9 +90,19 @@ impl Relay {
             loop {
                 match events.recv().await {
                     Ok(NodeEvent::ConnectionClosed(info)) => {
-                        if r.table().connection_closed(&info.peer, info.id) {
+                        let mut t = r.table();
+                        let dropped = t.connection_closed(&info.peer, info.id);
+                        r.inner.metrics.sync_table(&t);
+                        drop(t);
+                        if dropped {
                             tracing::info!(peer = %info.peer, "reservation dropped: its connection closed");
                         }
+                    }
+                    Ok(NodeEvent::ConnectionEstablished(info)) => {
+                        r.inner.metrics.connection_established(&info)
+                    }
+                    Ok(NodeEvent::HandshakeFailed { stage, .. }) => {
+                        r.inner.metrics.handshake_failed(stage)
                     }
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -102,7 +116,10 @@ impl Relay {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
-                let n = r.table().expire(Instant::now());
+                let mut t = r.table();
+                let n = t.expire(Instant::now());
+                r.inner.metrics.sync_table(&t);
+                drop(t);
                 if n > 0 {
                     tracing::info!(expired = n, "reservations expired");
                 }
@@ -132,6 +149,26 @@ impl Relay {
     /// Counters.
     pub fn stats(&self) -> &RelayStats {
         &self.inner.stats
+    }
+
+    /// The metrics; add them to a registry with [`RelayMetrics::register`].
+    pub fn metrics(&self) -> &RelayMetrics {
+        &self.inner.metrics
+    }
+
+    /// Brings the sampled series (live counts, connections per transport,
+    /// memory, fds) up to date; call before encoding the registry.
+    pub fn refresh_metrics(&self) {
+        {
+            let mut t = self.table();
+            t.expire(Instant::now());
+            self.inner.metrics.sync_table(&t);
+        }
+        let conns = self.inner.node.connections();
+        self.inner
+            .metrics
+            .sync_connections(conns.iter().map(|c| c.info()));
+        self.inner.metrics.sync_process();
     }
 
     /// Live reservations.
@@ -167,11 +204,23 @@ impl Relay {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "hop: malformed request");
+                self.inner.metrics.refused(
+                    Request::Unknown,
+                    "malformed",
+                    peer,
+                    ip_of(&connection.info().remote_addr),
+                );
                 self.refuse(&mut stream, Status::MalformedMessage).await;
                 return;
             }
             Err(_) => {
                 tracing::info!(%peer, "hop: no request within the stream timeout");
+                self.inner.metrics.refused(
+                    Request::Unknown,
+                    "timeout",
+                    peer,
+                    ip_of(&connection.info().remote_addr),
+                );
                 return;
             }
         };
@@ -179,18 +228,56 @@ impl Relay {
             Ok(r) => r,
             Err(status) => {
                 tracing::info!(%peer, status = core::status_str(status), "hop: bad request");
+                self.inner.metrics.refused(
+                    Request::Unknown,
+                    "bad_request",
+                    peer,
+                    ip_of(&connection.info().remote_addr),
+                );
                 self.refuse(&mut stream, status).await;
                 return;
             }
         };
+        let kind = match req {
+            HopRequest::Reserve => Request::Reserve,
+            HopRequest::Connect { .. } => Request::Connect,
+        };
         if connection.info().relayed {
             tracing::info!(%peer, "hop: refused over a relayed connection");
+            self.refused(
+                kind,
+                "relayed_connection",
+                Status::PermissionDenied,
+                &connection,
+            );
+            self.refuse(&mut stream, Status::PermissionDenied).await;
+            return;
+        }
+        let ip = ip_of(&connection.info().remote_addr);
+        let acl = match kind {
+            Request::Reserve => &cfg.acl.reserve,
+            _ => &cfg.acl.connect,
+        };
+        if !acl.permits(&peer, ip) {
+            tracing::info!(%peer, ip = ?ip, request = kind.as_str(), "hop: refused by the ACL (permission denied)");
+            self.refused(kind, "acl", Status::PermissionDenied, &connection);
             self.refuse(&mut stream, Status::PermissionDenied).await;
             return;
         }
         match req {
             HopRequest::Reserve => self.reserve(stream, &connection, &cfg).await,
             HopRequest::Connect { target } => self.connect(stream, &connection, target, &cfg).await,
+        }
+    }
+
+    /// Counts a refusal: ours by `reason`, go-libp2p's by `status`.
+    fn refused(&self, kind: Request, reason: &'static str, status: Status, conn: &Connection) {
+        let m = &self.inner.metrics;
+        m.refused(kind, reason, conn.peer(), ip_of(&conn.info().remote_addr));
+        match kind {
+            Request::Reserve => m.reservation_handled(status),
+            Request::Connect => m.connection_handled(status),
+            Request::Unknown => {}
         }
     }
 
@@ -206,14 +293,24 @@ impl Relay {
     async fn reserve(&self, mut stream: Stream, conn: &Connection, cfg: &RelayConfig) {
         let peer = conn.peer();
         let ip = ip_of(&conn.info().remote_addr);
-        let result = self
-            .table()
-            .reserve(cfg, peer, ip, conn.id(), Instant::now());
+        let result = {
+            let mut t = self.table();
+            let now = Instant::now();
+            let renewal = t.has_reservation(&peer, now);
+            let r = t.reserve(cfg, peer, ip, conn.id(), now);
+            if r.is_ok() {
+                self.inner.metrics.reservation_allowed(renewal);
+            }
+            self.inner.metrics.sync_table(&t);
+            r
+        };
         if let Err(e) = result {
-            let status = match e {
-                TableError::Full | TableError::PerIp => Status::ReservationRefused,
-                _ => Status::ResourceLimitExceeded,
+            let (status, reason) = match e {
+                TableError::Full => (Status::ReservationRefused, "table_full"),
+                TableError::PerIp => (Status::ReservationRefused, "per_ip"),
+                _ => (Status::ResourceLimitExceeded, "table_full"),
             };
+            self.refused(Request::Reserve, reason, status, conn);
             self.inner
                 .stats
                 .reservations_refused
@@ -243,6 +340,7 @@ impl Relay {
         .await
         {
             Ok(Ok(())) => {
+                self.inner.metrics.reservation_handled(Status::Ok);
                 self.inner
                     .stats
                     .reservations_accepted
@@ -265,12 +363,19 @@ impl Relay {
         cfg: &RelayConfig,
     ) {
         let src = src_conn.peer();
-        let admitted = self.table().open_circuit(cfg, src, target, Instant::now());
+        let admitted = {
+            let mut t = self.table();
+            let r = t.open_circuit(cfg, src, target, Instant::now());
+            self.inner.metrics.sync_table(&t);
+            r
+        };
         if let Err(e) = admitted {
-            let status = match e {
-                TableError::NoReservation => Status::NoReservation,
-                _ => Status::ResourceLimitExceeded,
+            let (status, reason) = match e {
+                TableError::NoReservation => (Status::NoReservation, "no_reservation"),
+                TableError::CircuitsPerPeer => (Status::ResourceLimitExceeded, "circuits_per_peer"),
+                _ => (Status::ResourceLimitExceeded, "circuits_full"),
             };
+            self.refused(Request::Connect, reason, status, src_conn);
             self.inner
                 .stats
                 .circuits_refused
@@ -295,6 +400,12 @@ impl Relay {
                 .stats
                 .circuits_refused
                 .fetch_add(1, Ordering::Relaxed);
+            self.refused(
+                Request::Connect,
+                "target_not_connected",
+                Status::ConnectionFailed,
+                src_conn,
+            );
             tracing::info!(%src, %target, "circuit refused: target has a reservation but no live connection");
             self.refuse(&mut src_stream, Status::ConnectionFailed).await;
             return;
@@ -320,6 +431,12 @@ impl Relay {
                     .stats
                     .circuits_refused
                     .fetch_add(1, Ordering::Relaxed);
+                self.refused(
+                    Request::Connect,
+                    "target_refused",
+                    Status::ConnectionFailed,
+                    src_conn,
+                );
                 tracing::info!(%src, %target, error = %e, "circuit failed: target refused or stop protocol failed");
                 self.refuse(&mut src_stream, Status::ConnectionFailed).await;
                 return;
@@ -329,6 +446,12 @@ impl Relay {
                     .stats
                     .circuits_refused
                     .fetch_add(1, Ordering::Relaxed);
+                self.refused(
+                    Request::Connect,
+                    "target_timeout",
+                    Status::ConnectionFailed,
+                    src_conn,
+                );
                 tracing::info!(%src, %target, "circuit failed: target did not answer in time");
                 self.refuse(&mut src_stream, Status::ConnectionFailed).await;
                 return;
@@ -340,21 +463,34 @@ impl Relay {
             tracing::info!(%src, %target, error = %e, "circuit failed: source went away");
             return;
         }
+        self.inner.metrics.connection_handled(Status::Ok);
+        self.inner.metrics.circuit_opened();
         self.inner
             .stats
             .circuits_opened
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(%src, %target, limit = ?cfg.limit, "circuit open");
         let started = Instant::now();
-        let stats = bridge_tapped(
+        let m = &self.inner.metrics;
+        let total = &self.inner.stats.bytes_relayed;
+        let go_total = m.data_transferred.inner();
+        let stats = bridge_counted(
             src_stream,
             dst_stream,
             cfg.limit,
             cfg.buffer_size,
-            &self.inner.stats.bytes_relayed,
+            &[total, go_total, m.bytes_src_to_dst.inner()],
+            &[total, go_total, m.bytes_dst_to_src.inner()],
             cfg.tap.as_ref(),
         )
         .await;
+        let end = match stats.end {
+            BridgeEnd::Done => "done",
+            BridgeEnd::DataLimit => "data_limit",
+            BridgeEnd::DurationLimit => "duration_limit",
+            BridgeEnd::Error => "error",
+        };
+        m.circuit_closed(started.elapsed().as_secs_f64(), end);
         if matches!(stats.end, BridgeEnd::DataLimit | BridgeEnd::DurationLimit) {
             self.inner
                 .stats
@@ -373,6 +509,8 @@ struct CircuitGuard {
 
 impl Drop for CircuitGuard {
     fn drop(&mut self) {
-        self.relay.table().close_circuit(self.src, self.dst);
+        let mut t = self.relay.table();
+        t.close_circuit(self.src, self.dst);
+        self.relay.inner.metrics.sync_table(&t);
     }
 }

@@ -46,6 +46,8 @@ pub struct ReservationTable {
     reservations: HashMap<PeerId, Entry>,
     circuits: HashMap<PeerId, usize>,
     total_circuits: usize,
+    /// Reservations ended so far (lapsed or gone with their connection), for metrics.
+    ended: u64,
 }
 
 impl ReservationTable {
@@ -91,7 +93,9 @@ impl ReservationTable {
     pub fn expire(&mut self, now: Instant) -> usize {
         let before = self.reservations.len();
         self.reservations.retain(|_, e| e.expires > now);
-        before - self.reservations.len()
+        let n = before - self.reservations.len();
+        self.ended += n as u64;
+        n
     }
 
     /// Drops the reservations made on a connection that ended.
@@ -103,6 +107,7 @@ impl ReservationTable {
             .unwrap_or(false)
         {
             self.reservations.remove(peer);
+            self.ended += 1;
             return true;
         }
         false
@@ -114,6 +119,12 @@ impl ReservationTable {
             .get(peer)
             .map(|e| e.expires > now)
             .unwrap_or(false)
+    }
+
+    /// Reservations ended since the start (lapsed, or their connection closed);
+    /// refreshes do not end one.
+    pub fn reservations_ended(&self) -> u64 {
+        self.ended
     }
 
     /// Number of live reservations.
@@ -209,6 +220,9 @@ mod tests {
         assert!(!t.connection_closed(&a, 8));
         assert!(t.connection_closed(&a, 7));
         assert!(!t.has_reservation(&a, now));
+        t.reserve(&c, a, None, 8, now).unwrap();
+        assert_eq!(t.expire(now + Duration::from_secs(3600)), 1);
+        assert_eq!(t.reservations_ended(), 2);
     }
 
     #[test]
