@@ -1,0 +1,418 @@
+//! The results: a markdown table with the ratios ours/theirs, and JSON.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::peers::Kind;
+use crate::Config;
+
+/// Figures of one relay.
+#[derive(Debug, Default, Clone)]
+pub struct RelayResult {
+    /// Reported figure per metric key (a median where there were several runs).
+    pub figures: BTreeMap<String, f64>,
+    /// The samples behind each figure.
+    pub samples: BTreeMap<String, Vec<f64>>,
+    /// What went wrong.
+    pub errors: Vec<String>,
+}
+
+/// One row of the table.
+struct Metric {
+    key: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    higher_is_better: bool,
+}
+
+const fn m(key: &'static str, label: &'static str, unit: &'static str, hib: bool) -> Metric {
+    Metric {
+        key,
+        label,
+        unit,
+        higher_is_better: hib,
+    }
+}
+
+/// The rows, in table order. Labels with `{N}` get the configured count.
+const METRICS: &[Metric] = &[
+    m("up_mib_s", "single circuit: upload", "MiB/s", true),
+    m("down_mib_s", "single circuit: download", "MiB/s", true),
+    m(
+        "cpu_s_per_gib",
+        "relay CPU per relayed GiB (single circuit)",
+        "s",
+        false,
+    ),
+    m(
+        "rss_idle_mib",
+        "relay RSS idle (1 reservation)",
+        "MiB",
+        false,
+    ),
+    m(
+        "rss_peak_mib",
+        "relay RSS peak during single-circuit transfer",
+        "MiB",
+        false,
+    ),
+    m(
+        "connect_p50_ms",
+        "circuit connect p50 (fresh node → relayed conn up)",
+        "ms",
+        false,
+    ),
+    m("connect_p99_ms", "circuit connect p99", "ms", false),
+    m(
+        "setup_p50_ms",
+        "time to first perf byte p50 (fresh node → first byte)",
+        "ms",
+        false,
+    ),
+    m("setup_p99_ms", "time to first perf byte p99", "ms", false),
+    m(
+        "conc_ok",
+        "{N} concurrent circuits: circuits completed",
+        "",
+        true,
+    ),
+    m(
+        "conc_agg_mib_s",
+        "{N} concurrent circuits: aggregate",
+        "MiB/s",
+        true,
+    ),
+    m(
+        "conc_min_mib_s",
+        "{N} concurrent: per-circuit min",
+        "MiB/s",
+        true,
+    ),
+    m(
+        "conc_median_mib_s",
+        "{N} concurrent: per-circuit median",
+        "MiB/s",
+        true,
+    ),
+    m(
+        "conc_max_mib_s",
+        "{N} concurrent: per-circuit max",
+        "MiB/s",
+        true,
+    ),
+    m(
+        "conc_fairness",
+        "{N} concurrent: fairness min/median",
+        "",
+        true,
+    ),
+    m(
+        "conc_cpu_s_per_gib",
+        "{N} concurrent: relay CPU per relayed GiB",
+        "s",
+        false,
+    ),
+    m(
+        "conc_rss_peak_mib",
+        "{N} concurrent: relay RSS peak",
+        "MiB",
+        false,
+    ),
+    m("scale_held", "{R} reservations: held", "", true),
+    m("scale_rss_mib", "{R} reservations: relay RSS", "MiB", false),
+    m(
+        "scale_rss_per_res_kib",
+        "{R} reservations: relay RSS per reservation",
+        "KiB",
+        false,
+    ),
+    m(
+        "scale_reserve_p50_ms",
+        "{R} reservations: reserve p50 (fresh node)",
+        "ms",
+        false,
+    ),
+    m(
+        "scale_reserve_p99_ms",
+        "{R} reservations: reserve p99",
+        "ms",
+        false,
+    ),
+    m(
+        "scale_cpu_ms_per_res",
+        "{R} reservations: relay CPU per reservation",
+        "ms",
+        false,
+    ),
+];
+
+const CEILINGS: &[(&str, &str)] = &[
+    (
+        "tcp_mib_s",
+        "raw TCP loopback copy (one connection, 64 KiB writes)",
+    ),
+    (
+        "direct_up_mib_s",
+        "direct perf ours ↔ ours (Noise + yamux, no relay): upload",
+    ),
+    ("direct_down_mib_s", "direct perf ours ↔ ours: download"),
+];
+
+/// Everything measured in one run.
+pub struct Report {
+    config: Config,
+    /// Per relay, in the order ours, rust-libp2p, js-libp2p.
+    pub relays: BTreeMap<Kind, RelayResult>,
+    ceilings: BTreeMap<String, (f64, Vec<f64>)>,
+    notes: Vec<String>,
+    /// Wall time of the whole run, s.
+    pub elapsed_s: f64,
+    date: String,
+    machine: String,
+    command: String,
+}
+
+fn cmd_output(prog: &str, args: &[&str]) -> Option<String> {
+    let o = std::process::Command::new(prog).args(args).output().ok()?;
+    Some(String::from_utf8_lossy(&o.stdout).trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// A figure with a sensible number of digits; `—` for none.
+fn fmt(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_finite() => {
+            let a = v.abs();
+            if v.fract() == 0.0 || a >= 100.0 {
+                format!("{v:.0}")
+            } else if a >= 10.0 {
+                format!("{v:.1}")
+            } else if a >= 1.0 {
+                format!("{v:.2}")
+            } else {
+                format!("{v:.3}")
+            }
+        }
+        _ => "—".into(),
+    }
+}
+
+impl Report {
+    /// An empty report for `config`.
+    pub fn new(config: Config) -> Report {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0);
+        let kernel = cmd_output("uname", &["-sr"]).unwrap_or_default();
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|s| s.trim().to_string())
+            })
+            .unwrap_or_default();
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        Report {
+            config,
+            relays: BTreeMap::new(),
+            ceilings: BTreeMap::new(),
+            notes: Vec::new(),
+            elapsed_s: 0.0,
+            date: cmd_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
+            machine: format!("{cores} cores ({cpu}), {kernel}"),
+            command: format!("cargo run --release -p circuit-bench -- {}", args.join(" ")),
+        }
+    }
+
+    /// Records a note shown under the table.
+    pub fn note(&mut self, s: String) {
+        eprintln!("[bench] note: {s}");
+        self.notes.push(s);
+    }
+
+    /// Records a ceiling figure.
+    pub fn ceiling(&mut self, key: &str, v: f64, samples: &[f64]) {
+        self.ceilings.insert(key.into(), (v, samples.to_vec()));
+    }
+
+    /// Records a figure of relay `k`.
+    pub fn set(&mut self, k: Kind, key: &str, v: f64, samples: &[f64]) {
+        let r = self.relays.entry(k).or_default();
+        r.figures.insert(key.into(), v);
+        if !samples.is_empty() {
+            r.samples.insert(key.into(), samples.to_vec());
+        }
+    }
+
+    /// Records a failure of relay `k`.
+    pub fn error(&mut self, k: Kind, e: String) {
+        eprintln!("[bench] {}: error: {e}", k.name());
+        self.relays.entry(k).or_default().errors.push(e);
+    }
+
+    /// Whether anything failed.
+    pub fn has_errors(&self) -> bool {
+        self.relays.values().any(|r| !r.errors.is_empty())
+    }
+
+    fn fig(&self, k: Kind, key: &str) -> Option<f64> {
+        self.relays.get(&k)?.figures.get(key).copied()
+    }
+
+    fn ratio(&self, key: &str, theirs: Kind) -> Option<f64> {
+        let (a, b) = (self.fig(Kind::Ours, key)?, self.fig(theirs, key)?);
+        (a.is_finite() && b.is_finite() && b != 0.0).then(|| a / b)
+    }
+
+    fn label(&self, m: &Metric) -> String {
+        m.label
+            .replace("{N}", &self.config.circuits.to_string())
+            .replace("{R}", &self.config.reservations.to_string())
+    }
+
+    fn others(&self) -> Vec<Kind> {
+        self.relays
+            .keys()
+            .copied()
+            .filter(|k| *k != Kind::Ours)
+            .collect()
+    }
+
+    /// The results as markdown.
+    pub fn markdown(&self) -> String {
+        let c = &self.config;
+        let mib = |b: u64| format!("{} MiB", b as f64 / (1u64 << 20) as f64);
+        let mut s = String::new();
+        s += "# Relay benchmark: latest run\n\n";
+        s += &format!(
+            "{}; {}; the run took {:.0} s.\n\n",
+            self.date, self.machine, self.elapsed_s
+        );
+        s += &format!("Command: `{}`\n\n", self.command);
+        s += &format!(
+            "Single circuit: {} each way, median of {} runs. Set-up: {} fresh set-ups. \
+             Concurrent: {} circuits × {} each way, median of {} runs. Scale: {} reservations, {} being made at a time.\n\n",
+            mib(c.size), c.runs, c.setups, c.circuits, mib(c.circuit_size), c.runs, c.reservations, c.reservation_parallel
+        );
+        s += "All relays on loopback with limits lifted; the same clients (our `circuit perf` process for single-circuit \
+              throughput, in-process circuit-net clients otherwise) and the same server (`circuit listen`) for every relay. \
+              Ratios are ours/theirs: above 1 is better for \"higher\" rows, below 1 for \"lower\" rows.\n\n";
+        let others = self.others();
+        s += "| figure | better | ours |";
+        for k in &others {
+            s += &format!(" {} |", k.name());
+        }
+        for k in &others {
+            s += &format!(" ours/{} |", k.name());
+        }
+        s += "\n|---|---|---|";
+        for _ in 0..others.len() * 2 {
+            s += "---|";
+        }
+        s += "\n";
+        for m in METRICS {
+            if self.relays.values().all(|r| !r.figures.contains_key(m.key)) {
+                continue;
+            }
+            let unit = if m.unit.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", m.unit)
+            };
+            s += &format!(
+                "| {}{unit} | {} | {} |",
+                self.label(m),
+                if m.higher_is_better {
+                    "higher"
+                } else {
+                    "lower"
+                },
+                fmt(self.fig(Kind::Ours, m.key))
+            );
+            for k in &others {
+                s += &format!(" {} |", fmt(self.fig(*k, m.key)));
+            }
+            for k in &others {
+                s += &format!(" {} |", fmt(self.ratio(m.key, *k)));
+            }
+            s += "\n";
+        }
+        if !self.ceilings.is_empty() {
+            s += "\n## Ceilings (same run)\n\n| figure | MiB/s |\n|---|---|\n";
+            for (key, label) in CEILINGS {
+                if let Some((v, _)) = self.ceilings.get(*key) {
+                    s += &format!("| {label} | {} |\n", fmt(Some(*v)));
+                }
+            }
+            let direct = |k: &str| self.ceilings.get(k).map(|x| x.0);
+            for (key, dkey, what) in [
+                ("up_mib_s", "direct_up_mib_s", "upload"),
+                ("down_mib_s", "direct_down_mib_s", "download"),
+            ] {
+                if let (Some(d), Some(_)) = (direct(dkey), self.fig(Kind::Ours, key)) {
+                    s += &format!("\nRelayed / direct ({what}):");
+                    for (k, _) in &self.relays {
+                        s += &format!(" {} {};", k.name(), fmt(self.fig(*k, key).map(|v| v / d)));
+                    }
+                    s.pop();
+                    s += ".\n";
+                }
+            }
+        }
+        let mut problems = self.notes.clone();
+        for (k, r) in &self.relays {
+            problems.extend(r.errors.iter().map(|e| format!("{}: {e}", k.name())));
+        }
+        if !problems.is_empty() {
+            s += "\n## Notes and errors\n\n";
+            for p in problems {
+                s += &format!("- {p}\n");
+            }
+        }
+        s
+    }
+
+    /// The results as JSON.
+    pub fn json(&self) -> Value {
+        let mut relays = serde_json::Map::new();
+        for (k, r) in &self.relays {
+            relays.insert(
+                k.name().into(),
+                json!({"figures": r.figures, "samples": r.samples, "errors": r.errors}),
+            );
+        }
+        let mut ratios = serde_json::Map::new();
+        for k in self.others() {
+            let mut per = serde_json::Map::new();
+            for m in METRICS {
+                if let Some(r) = self.ratio(m.key, k) {
+                    per.insert(m.key.into(), json!(r));
+                }
+            }
+            ratios.insert(format!("ours/{}", k.name()), Value::Object(per));
+        }
+        let metrics: Vec<Value> = METRICS
+            .iter()
+            .map(|m| json!({"key": m.key, "label": self.label(m), "unit": m.unit, "higher_is_better": m.higher_is_better}))
+            .collect();
+        let ceilings: BTreeMap<&String, Value> = self
+            .ceilings
+            .iter()
+            .map(|(k, (v, s))| (k, json!({"value": v, "samples": s})))
+            .collect();
+        json!({
+            "date": self.date,
+            "machine": self.machine,
+            "command": self.command,
+            "elapsed_s": self.elapsed_s,
+            "config": self.config,
+            "metrics": metrics,
+            "relays": relays,
+            "ratios": ratios,
+            "ceilings": ceilings,
+            "notes": self.notes,
+        })
+    }
+}
