@@ -19,6 +19,7 @@ pub mod framed;
 pub mod node;
 pub mod protocols;
 pub mod relay_client;
+pub mod tls;
 pub mod transport;
 pub mod upgrade;
 

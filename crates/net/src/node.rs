@@ -38,6 +38,10 @@ pub struct NodeConfig {
     pub announce: Vec<Multiaddr>,
     /// Accept relayed connections (serve the stop protocol).
     pub relay_client: bool,
+    /// Certificate and key for secure WebSocket listeners (`/tls/ws`, `/wss`).
+    pub tls_server: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Trust for dialing secure WebSocket (Mozilla roots by default).
+    pub tls_client: std::sync::Arc<rustls::ClientConfig>,
 }
 
 impl Default for NodeConfig {
@@ -52,6 +56,8 @@ impl Default for NodeConfig {
             yamux: yamux::Config::default(),
             announce: Vec::new(),
             relay_client: true,
+            tls_server: None,
+            tls_client: crate::tls::default_client_config(),
         }
     }
 }
@@ -312,7 +318,7 @@ impl Node {
     /// Binds a listener and starts accepting; returns the bound addresses
     /// (the real port; `0.0.0.0`/`::` expanded to interface addresses), without `/p2p`.
     pub async fn listen(&self, addr: Multiaddr) -> Result<Vec<Multiaddr>, DialError> {
-        let listener = Listener::bind(&addr)
+        let listener = Listener::bind(&addr, self.config().tls_server)
             .await
             .map_err(|source| DialError::Transport {
                 addr: addr.clone(),
@@ -521,13 +527,13 @@ impl Node {
                 }
             };
             let node = self.clone();
-            let ws = listener.is_ws();
+            let up = listener.upgrader();
             let span = tracing::debug_span!("inbound", %remote);
             tokio::spawn(
                 async move {
                     let _permit = permit;
                     let deadline = cfg.timeouts.handshake + cfg.timeouts.negotiation * 2;
-                    let raw = match tokio::time::timeout(deadline, transport::accept_upgrade(tcp, ws)).await {
+                    let raw = match tokio::time::timeout(deadline, transport::accept_upgrade(tcp, up)).await {
                         Ok(Ok(raw)) => raw,
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "transport upgrade failed");
@@ -695,18 +701,20 @@ impl Node {
                 return Ok(c);
             }
         }
-        let timeout = self.config().dial_timeout;
-        let raw: RawConnection = match tokio::time::timeout(timeout, transport::dial(&taddr)).await
-        {
-            Ok(Ok(raw)) => raw,
-            Ok(Err(source)) => {
-                return Err(DialError::Transport {
-                    addr: addr.clone(),
-                    source,
-                })
-            }
-            Err(_) => return Err(DialError::Timeout(addr.clone())),
-        };
+        let cfg = self.config();
+        let raw: RawConnection =
+            match tokio::time::timeout(cfg.dial_timeout, transport::dial(&taddr, &cfg.tls_client))
+                .await
+            {
+                Ok(Ok(raw)) => raw,
+                Ok(Err(source)) => {
+                    return Err(DialError::Transport {
+                        addr: addr.clone(),
+                        source,
+                    })
+                }
+                Err(_) => return Err(DialError::Timeout(addr.clone())),
+            };
         self.upgrade(
             raw.io,
             raw.local_addr,

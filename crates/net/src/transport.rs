@@ -6,11 +6,13 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use futures_util::{Sink, Stream as _};
 use multiaddr::{Multiaddr, Protocol};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -39,6 +41,9 @@ pub enum TransportError {
     /// WebSocket handshake or framing error.
     #[error("websocket: {0}")]
     WebSocket(String),
+    /// TLS handshake or setup error.
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// The transport part of a multiaddr, parsed.
@@ -50,6 +55,10 @@ pub struct TransportAddr {
     pub port: u16,
     /// WebSocket on top of TCP.
     pub ws: bool,
+    /// TLS under the WebSocket (`/tls/ws`, `/wss`).
+    pub tls: bool,
+    /// Server name for TLS (`/tls/sni/NAME/ws`), else the DNS host.
+    pub sni: Option<String>,
 }
 
 /// A host: an IP address or a name to resolve.
@@ -78,15 +87,31 @@ impl TransportAddr {
             Some(Protocol::Tcp(port)) => port,
             _ => return Err(unsupported()),
         };
-        let mut ws = false;
+        let (mut ws, mut tls, mut sni) = (false, false, None);
         for p in it {
             match p {
+                Protocol::Tls if !ws && !tls => tls = true,
+                Protocol::Sni(name) if tls && !ws && sni.is_none() => sni = Some(name.to_string()),
                 Protocol::Ws(path) if path == "/" && !ws => ws = true,
+                Protocol::Wss(path) if path == "/" && !ws && !tls => {
+                    ws = true;
+                    tls = true;
+                }
                 Protocol::P2p(_) => {}
                 _ => return Err(unsupported()),
             }
         }
-        Ok(TransportAddr { host, port, ws })
+        if tls && !ws {
+            // TLS directly over TCP is libp2p's TLS security protocol, not a transport.
+            return Err(unsupported());
+        }
+        Ok(TransportAddr {
+            host,
+            port,
+            ws,
+            tls,
+            sni,
+        })
     }
 
     /// Resolves the host to socket addresses (DNS names through the system resolver).
@@ -114,6 +139,11 @@ impl TransportAddr {
 
 /// The multiaddr of a socket address (`/ip4/…/tcp/N` or `/ip6/…/tcp/N`), with `/ws` if asked.
 pub fn socket_multiaddr(addr: SocketAddr, ws: bool) -> Multiaddr {
+    socket_multiaddr_tls(addr, ws, false)
+}
+
+/// Like [`socket_multiaddr`], with `/tls/ws` for secure WebSocket.
+pub fn socket_multiaddr_tls(addr: SocketAddr, ws: bool, tls: bool) -> Multiaddr {
     let mut m = Multiaddr::empty();
     match addr.ip() {
         IpAddr::V4(ip) => m.push(Protocol::Ip4(ip)),
@@ -123,6 +153,9 @@ pub fn socket_multiaddr(addr: SocketAddr, ws: bool) -> Multiaddr {
         },
     }
     m.push(Protocol::Tcp(addr.port()));
+    if ws && tls {
+        m.push(Protocol::Tls);
+    }
     if ws {
         m.push(Protocol::Ws("/".into()));
     }
@@ -139,13 +172,17 @@ pub struct RawConnection {
     pub remote_addr: Multiaddr,
 }
 
-/// Dials `addr` (TCP or WebSocket), trying each resolved address in turn.
-pub async fn dial(addr: &Multiaddr) -> Result<RawConnection, TransportError> {
+/// Dials `addr` (TCP, WebSocket or secure WebSocket), trying each resolved address in turn.
+/// `tls` is the client configuration used for `/tls/ws` and `/wss`.
+pub async fn dial(
+    addr: &Multiaddr,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<RawConnection, TransportError> {
     let target = TransportAddr::parse(addr)?;
     let mut last_err = None;
     for sa in target.resolve().await? {
         match TcpStream::connect(sa).await {
-            Ok(tcp) => return finish_dial(tcp, &target).await,
+            Ok(tcp) => return finish_dial(tcp, &target, tls).await,
             Err(e) => last_err = Some(e),
         }
     }
@@ -157,23 +194,42 @@ pub async fn dial(addr: &Multiaddr) -> Result<RawConnection, TransportError> {
 async fn finish_dial(
     tcp: TcpStream,
     target: &TransportAddr,
+    tls: &Arc<rustls::ClientConfig>,
 ) -> Result<RawConnection, TransportError> {
     tcp.set_nodelay(true)?;
-    let local_addr = socket_multiaddr(tcp.local_addr()?, target.ws);
-    let remote_addr = socket_multiaddr(tcp.peer_addr()?, target.ws);
-    let io: BoxedIo = if target.ws {
-        let host = match &target.host {
-            Host::Ip(IpAddr::V6(ip)) => format!("[{ip}]"),
-            Host::Ip(ip) => ip.to_string(),
-            Host::Dns(name, _) => name.clone(),
-        };
-        let url = format!("ws://{host}:{}/", target.port);
-        let (ws, _resp) = tokio_tungstenite::client_async(url, tcp)
-            .await
-            .map_err(|e| TransportError::WebSocket(e.to_string()))?;
-        Box::new(WsIo::new(ws))
-    } else {
-        Box::new(tcp)
+    let local_addr = socket_multiaddr_tls(tcp.local_addr()?, target.ws, target.tls);
+    let remote_addr = socket_multiaddr_tls(tcp.peer_addr()?, target.ws, target.tls);
+    let host = match &target.host {
+        Host::Ip(IpAddr::V6(ip)) => format!("[{ip}]"),
+        Host::Ip(ip) => ip.to_string(),
+        Host::Dns(name, _) => name.clone(),
+    };
+    let io: BoxedIo = match (target.ws, target.tls) {
+        (false, _) => Box::new(tcp),
+        (true, false) => {
+            let url = format!("ws://{host}:{}/", target.port);
+            let (ws, _resp) = tokio_tungstenite::client_async(url, tcp)
+                .await
+                .map_err(|e| TransportError::WebSocket(e.to_string()))?;
+            Box::new(WsIo::new(ws))
+        }
+        (true, true) => {
+            let name = match (&target.sni, &target.host) {
+                (Some(sni), _) => ServerName::try_from(sni.clone()),
+                (None, Host::Dns(name, _)) => ServerName::try_from(name.clone()),
+                (None, Host::Ip(ip)) => Ok(ServerName::IpAddress((*ip).into())),
+            }
+            .map_err(|e| TransportError::Tls(format!("bad server name: {e}")))?;
+            let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| TransportError::Tls(e.to_string()))?;
+            let url = format!("wss://{host}:{}/", target.port);
+            let (ws, _resp) = tokio_tungstenite::client_async(url, stream)
+                .await
+                .map_err(|e| TransportError::WebSocket(e.to_string()))?;
+            Box::new(WsIo::new(ws))
+        }
     };
     Ok(RawConnection {
         io,
@@ -185,17 +241,37 @@ async fn finish_dial(
 /// A bound listener.
 pub struct Listener {
     tcp: TcpListener,
-    ws: bool,
+    upgrader: AcceptUpgrader,
     local: Multiaddr,
 }
 
+/// What an accepted TCP connection needs before it is a raw channel.
+#[derive(Clone)]
+pub struct AcceptUpgrader {
+    ws: bool,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
 impl Listener {
-    /// Binds `addr` (`/ip4|ip6/…/tcp/N[/ws]`; port 0 picks a free port).
-    pub async fn bind(addr: &Multiaddr) -> Result<Listener, TransportError> {
+    /// Binds `addr` (`/ip4|ip6/…/tcp/N[/ws|/tls/ws|/wss]`; port 0 picks a free port).
+    /// Secure WebSocket needs a server configuration (`tls`).
+    pub async fn bind(
+        addr: &Multiaddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Listener, TransportError> {
         let t = TransportAddr::parse(addr)?;
         let ip = match t.host {
             Host::Ip(ip) => ip,
             Host::Dns(..) => return Err(TransportError::Unsupported(addr.clone())),
+        };
+        let tls = match (t.tls, tls) {
+            (false, _) => None,
+            (true, Some(cfg)) => Some(tokio_rustls::TlsAcceptor::from(cfg)),
+            (true, None) => {
+                return Err(TransportError::Tls(format!(
+                    "listening on {addr} needs a certificate and key (--tls-cert, --tls-key)"
+                )))
+            }
         };
         let sa = SocketAddr::new(ip, t.port);
         let socket = if ip.is_ipv4() {
@@ -210,10 +286,10 @@ impl Listener {
         }
         socket.bind(sa)?;
         let tcp = socket.listen(1024)?;
-        let local = socket_multiaddr(tcp.local_addr()?, t.ws);
+        let local = socket_multiaddr_tls(tcp.local_addr()?, t.ws, t.tls);
         Ok(Listener {
             tcp,
-            ws: t.ws,
+            upgrader: AcceptUpgrader { ws: t.ws, tls },
             local,
         })
     }
@@ -225,28 +301,48 @@ impl Listener {
 
     /// Whether this listener speaks WebSocket.
     pub fn is_ws(&self) -> bool {
-        self.ws
+        self.upgrader.ws
     }
 
-    /// Accepts the next TCP connection. The WebSocket handshake (if any) is left to
-    /// [`accept_upgrade`], so that a slow client cannot stall the accept loop.
+    /// What to run on each accepted connection (see [`accept_upgrade`]).
+    pub fn upgrader(&self) -> AcceptUpgrader {
+        self.upgrader.clone()
+    }
+
+    /// Accepts the next TCP connection. The TLS and WebSocket handshakes (if any) are
+    /// left to [`accept_upgrade`], so that a slow client cannot stall the accept loop.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         self.tcp.accept().await
     }
 }
 
-/// Finishes accepting: WebSocket server handshake if this is a WebSocket listener.
-pub async fn accept_upgrade(tcp: TcpStream, ws: bool) -> Result<RawConnection, TransportError> {
+/// Finishes accepting: TLS and WebSocket server handshakes, as the listener needs.
+pub async fn accept_upgrade(
+    tcp: TcpStream,
+    up: AcceptUpgrader,
+) -> Result<RawConnection, TransportError> {
     tcp.set_nodelay(true)?;
-    let local_addr = socket_multiaddr(tcp.local_addr()?, ws);
-    let remote_addr = socket_multiaddr(tcp.peer_addr()?, ws);
-    let io: BoxedIo = if ws {
-        let ws = tokio_tungstenite::accept_async(tcp)
-            .await
-            .map_err(|e| TransportError::WebSocket(e.to_string()))?;
-        Box::new(WsIo::new(ws))
-    } else {
-        Box::new(tcp)
+    let tls = up.tls.is_some();
+    let local_addr = socket_multiaddr_tls(tcp.local_addr()?, up.ws, tls);
+    let remote_addr = socket_multiaddr_tls(tcp.peer_addr()?, up.ws, tls);
+    let io: BoxedIo = match (up.ws, up.tls) {
+        (false, _) => Box::new(tcp),
+        (true, None) => {
+            let ws = tokio_tungstenite::accept_async(tcp)
+                .await
+                .map_err(|e| TransportError::WebSocket(e.to_string()))?;
+            Box::new(WsIo::new(ws))
+        }
+        (true, Some(acceptor)) => {
+            let stream = acceptor
+                .accept(tcp)
+                .await
+                .map_err(|e| TransportError::Tls(e.to_string()))?;
+            let ws = tokio_tungstenite::accept_async(stream)
+                .await
+                .map_err(|e| TransportError::WebSocket(e.to_string()))?;
+            Box::new(WsIo::new(ws))
+        }
     };
     Ok(RawConnection {
         io,
@@ -363,26 +459,155 @@ mod tests {
         ));
     }
 
-    async fn roundtrip(listen: &str) {
-        let l = Listener::bind(&listen.parse().unwrap()).await.unwrap();
-        let addr = l.local_addr().clone();
-        let ws = l.is_ws();
+    #[test]
+    fn parses_secure_websocket_forms() {
+        for a in [
+            "/ip4/1.2.3.4/tcp/443/tls/ws",
+            "/ip4/1.2.3.4/tcp/443/wss",
+            "/dns4/relay.example/tcp/443/tls/sni/relay.example/ws",
+        ] {
+            let t = TransportAddr::parse(&a.parse().unwrap()).unwrap();
+            assert!(t.ws && t.tls, "{a}");
+        }
+        let t = TransportAddr::parse(&"/ip4/1.2.3.4/tcp/443/tls/sni/x.example/ws".parse().unwrap())
+            .unwrap();
+        assert_eq!(t.sni.as_deref(), Some("x.example"));
+        // TLS straight over TCP is a security protocol, not a transport we dial.
+        assert!(TransportAddr::parse(&"/ip4/1.2.3.4/tcp/443/tls".parse().unwrap()).is_err());
+        let sa: SocketAddr = "127.0.0.1:443".parse().unwrap();
+        assert_eq!(
+            socket_multiaddr_tls(sa, true, true).to_string(),
+            "/ip4/127.0.0.1/tcp/443/tls/ws"
+        );
+    }
+
+    /// A self-signed certificate for 127.0.0.1, ::1 and localhost: (server config, client config trusting it).
+    fn self_signed() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        let ck = rcgen::generate_simple_self_signed(vec![
+            "localhost".into(),
+            "127.0.0.1".into(),
+            "::1".into(),
+        ])
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "circuit-tls-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        let server = crate::tls::server_config(&cert, &key).unwrap();
+        let client = crate::tls::client_config(&crate::tls::load_certs(&cert).unwrap()).unwrap();
+        (server, client)
+    }
+
+    async fn roundtrip_with(
+        listen: &str,
+        server_tls: Option<Arc<rustls::ServerConfig>>,
+        client_tls: Arc<rustls::ClientConfig>,
+        dial_as: Option<&str>,
+    ) {
+        let l = Listener::bind(&listen.parse().unwrap(), server_tls)
+            .await
+            .unwrap();
+        let addr = match dial_as {
+            Some(a) => a
+                .replace(
+                    "PORT",
+                    &l.local_addr()
+                        .iter()
+                        .find_map(|p| match p {
+                            Protocol::Tcp(p) => Some(p),
+                            _ => None,
+                        })
+                        .unwrap()
+                        .to_string(),
+                )
+                .parse()
+                .unwrap(),
+            None => l.local_addr().clone(),
+        };
+        let up = l.upgrader();
         let server = tokio::spawn(async move {
             let (tcp, _) = l.accept().await.unwrap();
-            let mut c = accept_upgrade(tcp, ws).await.unwrap();
+            let mut c = accept_upgrade(tcp, up).await.unwrap();
             let mut buf = vec![0u8; 5];
             c.io.read_exact(&mut buf).await.unwrap();
             c.io.write_all(&buf).await.unwrap();
             c.io.flush().await.unwrap();
             buf
         });
-        let mut c = dial(&addr).await.unwrap();
+        let mut c = dial(&addr, &client_tls).await.unwrap();
         c.io.write_all(b"hello").await.unwrap();
         c.io.flush().await.unwrap();
         let mut buf = [0u8; 5];
         c.io.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"hello");
         assert_eq!(server.await.unwrap(), b"hello");
+    }
+
+    async fn roundtrip(listen: &str) {
+        roundtrip_with(listen, None, crate::tls::default_client_config(), None).await;
+    }
+
+    #[tokio::test]
+    async fn secure_websocket_roundtrip_and_untrusted_certificate() {
+        let (server, client) = self_signed();
+        roundtrip_with(
+            "/ip4/127.0.0.1/tcp/0/tls/ws",
+            Some(server.clone()),
+            client.clone(),
+            None,
+        )
+        .await;
+        roundtrip_with(
+            "/ip4/127.0.0.1/tcp/0/wss",
+            Some(server.clone()),
+            client.clone(),
+            None,
+        )
+        .await;
+        roundtrip_with(
+            "/ip6/::1/tcp/0/tls/ws",
+            Some(server.clone()),
+            client.clone(),
+            None,
+        )
+        .await;
+        roundtrip_with(
+            "/ip4/127.0.0.1/tcp/0/tls/ws",
+            Some(server.clone()),
+            client,
+            Some("/dns4/localhost/tcp/PORT/tls/ws"),
+        )
+        .await;
+        // Without the certificate among the roots, the dial fails with a TLS error.
+        let l = Listener::bind(
+            &"/ip4/127.0.0.1/tcp/0/tls/ws".parse().unwrap(),
+            Some(server),
+        )
+        .await
+        .unwrap();
+        let addr = l.local_addr().clone();
+        let up = l.upgrader();
+        tokio::spawn(async move {
+            if let Ok((tcp, _)) = l.accept().await {
+                let _ = accept_upgrade(tcp, up).await;
+            }
+        });
+        let err = dial(&addr, &crate::tls::default_client_config())
+            .await
+            .err()
+            .expect("untrusted certificate must fail");
+        assert!(matches!(err, TransportError::Tls(_)), "{err}");
+        // And a TLS listener without a certificate is refused with a hint.
+        let err = Listener::bind(&"/ip4/127.0.0.1/tcp/0/wss".parse().unwrap(), None)
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("--tls-cert"), "{err}");
     }
 
     #[tokio::test]
