@@ -1,6 +1,7 @@
 //! `circuit`: a libp2p circuit relay and its peer-side tools.
 
 mod commands;
+mod config;
 mod output;
 
 use std::path::PathBuf;
