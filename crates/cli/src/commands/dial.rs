@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use circuit_net::{Multiaddr, Node, NodeConfig};
+use circuit_net::{Multiaddr, Node};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
@@ -18,13 +18,19 @@ pub struct Args {
     /// Identity key file [default: a fresh key for this run].
     #[arg(long, value_name = "FILE")]
     identity: Option<PathBuf>,
+    /// Extra trusted certificate(s) (PEM) for dialing secure WebSocket, e.g. a self-signed relay.
+    #[arg(long, value_name = "FILE")]
+    tls_trust: Option<PathBuf>,
     /// Protocol to open instead of the pipe protocol.
     #[arg(long, default_value = PIPE_PROTOCOL)]
     protocol: String,
 }
 
 pub async fn run(a: Args, out: Output) -> anyhow::Result<ExitCode> {
-    let node = Node::new(super::identity(a.identity, None)?, NodeConfig::default());
+    let node = Node::new(
+        super::identity(a.identity, None)?,
+        super::peer_config(a.tls_trust.as_deref())?,
+    );
     let conn = node
         .dial(&a.addr)
         .await

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use circuit_net::protocols::perf;
 use circuit_net::relay_client::{self, ReservationEvent};
-use circuit_net::{Multiaddr, Node, NodeConfig, NodeEvent};
+use circuit_net::{Multiaddr, Node, NodeEvent};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
@@ -22,6 +22,9 @@ pub struct Args {
     /// Identity key file [default: <data dir>/circuit/peer.key, created on first run].
     #[arg(long, value_name = "FILE")]
     identity: Option<PathBuf>,
+    /// Extra trusted certificate(s) (PEM) for dialing secure WebSocket, e.g. a self-signed relay.
+    #[arg(long, value_name = "FILE")]
+    tls_trust: Option<PathBuf>,
     /// Echo pipe streams back instead of joining them to stdin/stdout (for tests, like `nc -l -e cat`).
     #[arg(long)]
     echo: bool,
@@ -29,7 +32,7 @@ pub struct Args {
 
 pub async fn run(a: Args, out: Output) -> anyhow::Result<ExitCode> {
     let keypair = super::identity(a.identity, Some("peer.key"))?;
-    let node = Node::new(keypair, NodeConfig::default());
+    let node = Node::new(keypair, super::peer_config(a.tls_trust.as_deref())?);
     perf::enable(&node);
     let pipe_taken = Arc::new(AtomicBool::new(false));
     let echo = a.echo;

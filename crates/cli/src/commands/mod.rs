@@ -45,6 +45,17 @@ pub fn identity(path: Option<PathBuf>, default_name: Option<&str>) -> anyhow::Re
     Ok(kp)
 }
 
+/// Node settings for the peer-side commands: `--tls-trust` adds certificates
+/// (PEM) to the roots used to dial secure WebSocket (e.g. a self-signed relay).
+pub fn peer_config(tls_trust: Option<&std::path::Path>) -> anyhow::Result<circuit_net::NodeConfig> {
+    let mut cfg = circuit_net::NodeConfig::default();
+    if let Some(path) = tls_trust {
+        let certs = circuit_net::tls::load_certs(path).context("--tls-trust")?;
+        cfg.tls_client = circuit_net::tls::client_config(&certs).context("--tls-trust")?;
+    }
+    Ok(cfg)
+}
+
 /// `circuit id`.
 pub fn id(path: Option<PathBuf>, out: Output) -> anyhow::Result<ExitCode> {
     let kp = identity(path, Some("peer.key"))?;

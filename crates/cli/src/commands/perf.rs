@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use circuit_net::protocols::perf;
-use circuit_net::{Multiaddr, Node, NodeConfig};
+use circuit_net::{Multiaddr, Node};
 use serde_json::json;
 
 use crate::output::{ev, Output};
@@ -23,6 +23,9 @@ pub struct Args {
     /// Identity key file [default: a fresh key for this run].
     #[arg(long, value_name = "FILE")]
     identity: Option<PathBuf>,
+    /// Extra trusted certificate(s) (PEM) for dialing secure WebSocket, e.g. a self-signed relay.
+    #[arg(long, value_name = "FILE")]
+    tls_trust: Option<PathBuf>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -47,7 +50,10 @@ fn rate(bytes: u64, secs: f64) -> f64 {
 }
 
 pub async fn run(a: Args, out: Output) -> anyhow::Result<ExitCode> {
-    let node = Node::new(super::identity(a.identity, None)?, NodeConfig::default());
+    let node = Node::new(
+        super::identity(a.identity, None)?,
+        super::peer_config(a.tls_trust.as_deref())?,
+    );
     let start = std::time::Instant::now();
     let conn = node
         .dial(&a.addr)

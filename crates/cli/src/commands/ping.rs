@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use circuit_net::protocols::ping::Pinger;
-use circuit_net::{Multiaddr, Node, NodeConfig};
+use circuit_net::{Multiaddr, Node};
 use serde_json::json;
 
 use crate::output::{ev, Output};
@@ -27,10 +27,16 @@ pub struct Args {
     /// Identity key file [default: a fresh key for this run].
     #[arg(long, value_name = "FILE")]
     identity: Option<PathBuf>,
+    /// Extra trusted certificate(s) (PEM) for dialing secure WebSocket, e.g. a self-signed relay.
+    #[arg(long, value_name = "FILE")]
+    tls_trust: Option<PathBuf>,
 }
 
 pub async fn run(a: Args, out: Output) -> anyhow::Result<ExitCode> {
-    let node = Node::new(super::identity(a.identity, None)?, NodeConfig::default());
+    let node = Node::new(
+        super::identity(a.identity, None)?,
+        super::peer_config(a.tls_trust.as_deref())?,
+    );
     let conn = node
         .dial(&a.addr)
         .await
