@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod autonat;
+pub mod kad;
 pub mod multistream;
 pub mod noise;
 pub mod relay;

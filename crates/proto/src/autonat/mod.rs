@@ -1,0 +1,1 @@
+//! AutoNAT v1 (placeholder while the core is written).
