@@ -53,7 +53,10 @@ const CHROMIUM_FLAGS = [
   '--no-first-run',
   '--disable-background-networking',
   '--disable-component-update',
-  '--disable-sync'
+  '--disable-sync',
+  // Containers often have a 64 MB /dev/shm, too small for Chromium's shared
+  // memory; /tmp is used instead (no effect on what is tested).
+  '--disable-dev-shm-usage'
 ]
 
 /** A failed test step: printed as "FAIL <step>: <message>". */
