@@ -323,10 +323,7 @@ impl Stream {
     /// Reads the peer's multistream answer until the lazy proposal is confirmed.
     fn poll_confirm(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut tmp = [0u8; 256];
-        loop {
-            let Some(dialer) = self.unconfirmed.as_mut() else {
-                break;
-            };
+        while let Some(dialer) = self.unconfirmed.as_mut() {
             if dialer.is_confirmed() {
                 let rest = dialer.take_leftover();
                 self.unconfirmed = None;

@@ -116,7 +116,7 @@ pub async fn reserve_on(node: &Node, conn: &Connection) -> Result<Reservation, R
 #[non_exhaustive]
 pub enum ReservationEvent {
     /// A reservation was made or refreshed.
-    Accepted(Reservation),
+    Accepted(Box<Reservation>),
     /// The reservation failed or was lost; we retry after `retry_in`.
     Failed {
         /// The relay address.
@@ -179,7 +179,7 @@ pub fn keep_reservation(node: &Node, relay_addr: Multiaddr) -> KeptReservation {
                     for a in &current {
                         node.add_address(a.clone());
                     }
-                    let _ = events.send(ReservationEvent::Accepted(r.clone()));
+                    let _ = events.send(ReservationEvent::Accepted(Box::new(r.clone())));
                     // Refresh at 3/4 of the remaining lifetime (as rust-libp2p), never sooner than 1 s.
                     let left = r.granted.expire.saturating_sub(now_unix());
                     let wait = Duration::from_secs((left * 3 / 4).max(1));
