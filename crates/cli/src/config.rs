@@ -346,9 +346,11 @@ mod tests {
     fn empty_file_is_the_defaults_and_printing_round_trips() {
         let d = parse("").unwrap();
         assert_eq!(d, RelayFile::default());
-        let mut f = RelayFile::default();
-        f.listen = vec![Addr("/ip4/127.0.0.1/tcp/0".parse().unwrap())];
-        f.metrics = Some("127.0.0.1:9464".parse().unwrap());
+        let mut f = RelayFile {
+            listen: vec![Addr("/ip4/127.0.0.1/tcp/0".parse().unwrap())],
+            metrics: Some("127.0.0.1:9464".parse().unwrap()),
+            ..RelayFile::default()
+        };
         f.acl.connect.deny = vec!["10.0.0.0/8".parse().unwrap()];
         f.limits.max_circuits = 7;
         assert_eq!(parse(&f.to_toml()).unwrap(), f);
