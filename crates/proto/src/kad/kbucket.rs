@@ -251,21 +251,18 @@ impl KBucketsTable {
                 .entries
                 .iter()
                 .position(|e| e.peer == p.probe && e.last_seen <= since);
-            match stale {
-                Some(pos) => {
-                    let evicted = bucket.entries.remove(pos).peer;
-                    let inserted = p.entry.peer;
-                    let mut entry = p.entry;
-                    entry.last_seen = now;
-                    bucket.entries.push(entry);
-                    applied.push(Applied {
-                        inserted,
-                        evicted: Some(evicted),
-                    });
-                }
-                // The probed peer answered in time (or left, and its slot went
-                // to the pending entry already): nothing to do.
-                None => {}
+            // If the probed peer answered in time (or left, and its slot went
+            // to the pending entry already), the pending entry is dropped.
+            if let Some(pos) = stale {
+                let evicted = bucket.entries.remove(pos).peer;
+                let inserted = p.entry.peer;
+                let mut entry = p.entry;
+                entry.last_seen = now;
+                bucket.entries.push(entry);
+                applied.push(Applied {
+                    inserted,
+                    evicted: Some(evicted),
+                });
             }
         }
         applied
@@ -294,7 +291,7 @@ impl KBucketsTable {
     pub fn closest(&self, target: &Key, n: usize) -> Vec<&Entry> {
         let mut all: Vec<(Distance, &Entry)> =
             self.iter().map(|e| (e.key.distance(target), e)).collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.sort_by_key(|(d, _)| *d);
         all.into_iter().take(n).map(|(_, e)| e).collect()
     }
 
