@@ -86,8 +86,12 @@ delayline_pids() {
         [ -f "$f" ] || continue
         pid=$(head -n1 "$f")
         [[ $pid =~ ^[0-9]+$ ]] || continue
-        # Only a process that is still a delay line (the pid may have been reused).
-        if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "circuit-delayli" ]; then echo "$pid"; fi
+        # Only a process that is still a delay line (the pid may have been reused) and
+        # not a zombie (an init that does not reap leaves killed ones in /proc).
+        if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "circuit-delayli" ] &&
+            ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; then
+            echo "$pid"
+        fi
     done
 }
 
