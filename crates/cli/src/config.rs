@@ -126,6 +126,12 @@ pub struct RelayFile {
     /// Where to serve `/metrics` and the status page (`127.0.0.1:9464`); none = off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<SocketAddr>,
+    /// Certificate chain (PEM) for secure WebSocket listeners (`/tls/ws`, `/wss`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     /// Status line to stderr every this many seconds (0 = never).
     pub status_interval: u64,
     /// On SIGTERM/SIGINT, how long open circuits may take to finish, seconds.
@@ -143,6 +149,8 @@ impl Default for RelayFile {
             announce: Vec::new(),
             identity: None,
             metrics: None,
+            tls_cert: None,
+            tls_key: None,
             status_interval: 60,
             shutdown_drain: 10,
             limits: Limits::default(),

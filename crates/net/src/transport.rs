@@ -223,7 +223,7 @@ async fn finish_dial(
             let stream = tokio_rustls::TlsConnector::from(tls.clone())
                 .connect(name, tcp)
                 .await
-                .map_err(|e| TransportError::Tls(e.to_string()))?;
+                .map_err(|e| TransportError::Tls(tls_hint(&e.to_string())))?;
             let url = format!("wss://{host}:{}/", target.port);
             let (ws, _resp) = tokio_tungstenite::client_async(url, stream)
                 .await
@@ -349,6 +349,19 @@ pub async fn accept_upgrade(
         local_addr,
         remote_addr,
     })
+}
+
+/// Adds what to do to the TLS errors people meet when testing with their own certificates.
+fn tls_hint(err: &str) -> String {
+    if err.contains("UnknownIssuer") {
+        format!("{err} (certificate not signed by a trusted root: for a self-signed relay, pass its certificate with --tls-trust)")
+    } else if err.contains("CaUsedAsEndEntity") {
+        format!("{err} (the server certificate is a CA certificate: create it with basicConstraints=critical,CA:FALSE)")
+    } else if err.contains("NotValidForName") {
+        format!("{err} (the certificate does not name this host: use /dns4/<name>/…/tls/ws or /tls/sni/<name>/ws)")
+    } else {
+        err.to_string()
+    }
 }
 
 fn socket2_set_only_v6(socket: &tokio::net::TcpSocket) -> io::Result<()> {

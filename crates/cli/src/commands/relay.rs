@@ -46,6 +46,13 @@ pub struct Args {
     /// Serve Prometheus `/metrics` and the status page `/` on this address (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "IP:PORT")]
     metrics: Option<SocketAddr>,
+    /// Certificate chain (PEM) for secure WebSocket listeners, e.g. `--listen /ip4/0.0.0.0/tcp/443/tls/ws`
+    /// (from an ACME client such as certbot: fullchain.pem).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert (certbot: privkey.pem).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Reservation lifetime, seconds [default: 3600].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     reservation_ttl: Option<u64>,
@@ -130,6 +137,10 @@ impl Args {
         if self.metrics.is_some() {
             f.metrics = self.metrics;
         }
+        if self.tls_cert.is_some() {
+            f.tls_cert = self.tls_cert.clone();
+            f.tls_key = self.tls_key.clone();
+        }
         let l = &mut f.limits;
         fn set<T: Copy>(dst: &mut T, v: Option<T>) {
             if let Some(v) = v {
@@ -190,7 +201,18 @@ pub async fn run(a: Args, out: Output) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let keypair = super::identity(cfg.identity.clone(), Some("relay.key"))?;
-    let node = Node::new(keypair, cfg.node_config());
+    let mut node_config = cfg.node_config();
+    match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => {
+            node_config.tls_server = Some(
+                circuit_net::tls::server_config(cert, key)
+                    .with_context(|| "loading the TLS certificate and key (tls_cert, tls_key)")?,
+            );
+        }
+        (None, None) => {}
+        _ => anyhow::bail!("tls_cert and tls_key go together: give both or neither"),
+    }
+    let node = Node::new(keypair, node_config);
     let defaults = cfg.listen.is_empty();
     for addr in cfg.listen_addrs() {
         match node.listen(addr.clone()).await {
