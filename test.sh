@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command. On a fresh machine it first installs what the tests need:
-#   - Node.js + npm (Debian packages, when run as root and missing),
+#   - Debian packages when run as root and missing: nodejs, npm, chromium, iproute2, nftables,
 #   - the js-libp2p test peer (npm ci in interop/js; brings its own Node 22 from npm),
+#   - the browser test page's packages (npm ci in interop/browser: js-libp2p, esbuild, puppeteer-core),
 #   - the rust-libp2p test peer (cargo build --release in interop/rust-libp2p-peer),
 # then runs the workspace's tests (unit, property, end-to-end and interop).
 set -euo pipefail
@@ -9,19 +10,29 @@ cd "$(dirname "$0")"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-if ! command -v npm >/dev/null 2>&1; then
+# Debian packages the tests use: Node.js/npm (test peers), Chromium (browser test),
+# iproute2 + nftables (the NAT test bed). Installed when root and missing.
+need=()
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+{ command -v nft >/dev/null 2>&1 || command -v iptables >/dev/null 2>&1; } || need+=(nftables)
+if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        step "installing nodejs and npm (Debian packages)"
+        step "installing Debian packages: ${need[*]}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
     else
-        echo "npm is missing: install Node.js and npm (e.g. apt-get install nodejs npm), then rerun" >&2
+        echo "missing: ${need[*]} — install them (e.g. apt-get install ${need[*]}) and rerun" >&2
         exit 1
     fi
 fi
 
 step "js-libp2p test peer: npm ci in interop/js"
 (cd interop/js && npm ci --no-audit --no-fund --loglevel=error)
+
+step "browser test page: npm ci in interop/browser"
+(cd interop/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 step "rust-libp2p test peer: cargo build --release (a few minutes when cold)"
 cargo build --release --locked --manifest-path interop/rust-libp2p-peer/Cargo.toml
