@@ -680,6 +680,16 @@ impl Node {
     /// Dials an address: direct (`/ip4/…/tcp/N[/ws][/p2p/ID]`) or relayed
     /// (`<relay addr>/p2p/R/p2p-circuit/p2p/A`). Reuses a live connection to a known peer.
     pub async fn dial(&self, addr: &Multiaddr) -> Result<Connection, DialError> {
+        self.dial_with(addr, true).await
+    }
+
+    /// Dials a direct address over a new connection even if one to that peer exists
+    /// (AutoNAT dial-backs must prove a fresh inbound path).
+    pub async fn dial_new(&self, addr: &Multiaddr) -> Result<Connection, DialError> {
+        self.dial_with(addr, false).await
+    }
+
+    async fn dial_with(&self, addr: &Multiaddr, reuse: bool) -> Result<Connection, DialError> {
         let bad = |reason: String| DialError::BadAddress {
             addr: addr.clone(),
             reason,
@@ -696,7 +706,7 @@ impl Node {
             if let Some(c) = self
                 .connections_to(&p)
                 .into_iter()
-                .find(|c| !c.info().relayed)
+                .find(|c| reuse && !c.info().relayed)
             {
                 return Ok(c);
             }

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod autonat;
+pub mod autorelay;
 pub mod kad;
 pub mod multistream;
 pub mod noise;
