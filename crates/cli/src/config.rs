@@ -132,6 +132,13 @@ pub struct RelayFile {
     /// Private key (PEM) of `tls_cert`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// Kademlia peers to join the DHT through (any libp2p Kademlia network).
+    pub bootstrap: Vec<Addr>,
+    /// Provide the `/libp2p/relay` namespace in the DHT so autorelay clients find us.
+    pub advertise: bool,
+    /// AutoNAT: also dial back requesters whose observed address is private
+    /// (LANs and test beds; off on the internet, where it proves nothing).
+    pub autonat_allow_private: bool,
     /// Status line to stderr every this many seconds (0 = never).
     pub status_interval: u64,
     /// On SIGTERM/SIGINT, how long open circuits may take to finish, seconds.
@@ -151,6 +158,9 @@ impl Default for RelayFile {
             metrics: None,
             tls_cert: None,
             tls_key: None,
+            bootstrap: Vec::new(),
+            advertise: false,
+            autonat_allow_private: false,
             status_interval: 60,
             shutdown_drain: 10,
             limits: Limits::default(),

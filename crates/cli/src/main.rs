@@ -43,6 +43,8 @@ enum Command {
     Ping(commands::ping::Args),
     /// Measure throughput to a peer with the libp2p perf protocol.
     Perf(commands::perf::Args),
+    /// Run a DHT node: a Kademlia and AutoNAT server to bootstrap from (no relaying).
+    Dht(commands::dht::Args),
     /// Print the PeerId of an identity file (created if missing).
     Id(IdArgs),
 }
@@ -57,7 +59,7 @@ struct IdArgs {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Relay(_) => "info",
+        Command::Relay(_) | Command::Dht(_) => "info",
         _ => "warn",
     };
     output::init_logs(default_level, cli.json);
@@ -79,6 +81,7 @@ fn main() -> std::process::ExitCode {
             Command::Dial(a) => commands::dial::run(a, out).await,
             Command::Ping(a) => commands::ping::run(a, out).await,
             Command::Perf(a) => commands::perf::run(a, out).await,
+            Command::Dht(a) => commands::dht::run(a, out).await,
             Command::Id(a) => commands::id(a.identity, out),
         }
     });

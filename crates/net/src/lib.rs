@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod autorelay;
 pub mod connection;
 pub mod framed;
 pub mod node;

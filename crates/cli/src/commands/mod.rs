@@ -1,5 +1,6 @@
 //! One module per subcommand; shared helpers here.
 
+pub mod dht;
 pub mod dial;
 pub mod listen;
 pub mod perf;

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use circuit_net::protocols::autonat;
+use circuit_net::protocols::kad::{namespace_key, Kad, KadConfig, RELAY_NAMESPACE};
 use circuit_net::{Multiaddr, Node};
 use circuit_relay::Relay;
 use http_body_util::Full;
@@ -53,6 +55,17 @@ pub struct Args {
     /// Private key (PEM) of --tls-cert (certbot: privkey.pem).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Join the DHT through this Kademlia peer (`…/p2p/<id>`; repeatable). Every relay is a
+    /// Kademlia server.
+    #[arg(long, value_name = "ADDR")]
+    bootstrap: Vec<Multiaddr>,
+    /// Provide the `/libp2p/relay` namespace in the DHT (re-provided before expiry), so that
+    /// autorelay clients find this relay.
+    #[arg(long)]
+    advertise: bool,
+    /// AutoNAT: also dial back requesters seen at private addresses (LANs, test beds).
+    #[arg(long)]
+    autonat_allow_private: bool,
     /// Reservation lifetime, seconds [default: 3600].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     reservation_ttl: Option<u64>,
@@ -137,6 +150,11 @@ impl Args {
         if self.metrics.is_some() {
             f.metrics = self.metrics;
         }
+        if !self.bootstrap.is_empty() {
+            f.bootstrap = self.bootstrap.iter().cloned().map(Addr).collect();
+        }
+        f.advertise |= self.advertise;
+        f.autonat_allow_private |= self.autonat_allow_private;
         if self.tls_cert.is_some() {
             f.tls_cert = self.tls_cert.clone();
             f.tls_key = self.tls_key.clone();
@@ -229,6 +247,28 @@ pub async fn run(a: Args, out: Output) -> anyhow::Result<ExitCode> {
         }
     }
     let relay = Relay::start(&node, cfg.relay_config());
+    // Every relay is a Kademlia server and an AutoNAT server for its clients.
+    let kad = Kad::start(&node, KadConfig::default());
+    autonat::enable_server(&node, autonat_server_config(cfg.autonat_allow_private));
+    if !cfg.bootstrap.is_empty() || cfg.advertise {
+        let bootstrap: Vec<Multiaddr> = cfg.bootstrap.iter().map(|a| a.0.clone()).collect();
+        let advertise = cfg.advertise;
+        let kad = kad.clone();
+        tokio::spawn(async move {
+            if !bootstrap.is_empty() {
+                let n = kad.bootstrap(&bootstrap).await;
+                tracing::info!(peers = n, "joined the DHT");
+            }
+            if advertise {
+                let told = kad.provide(namespace_key(RELAY_NAMESPACE)).await;
+                tracing::info!(
+                    peers = told,
+                    namespace = RELAY_NAMESPACE,
+                    "advertised in the DHT"
+                );
+            }
+        });
+    }
     let addrs: Vec<String> = node
         .addresses()
         .iter()
@@ -713,3 +753,11 @@ setInterval(refresh, 2000);
 </body>
 </html>
 "##;
+
+/// AutoNAT server settings: go-libp2p's limits; private dial-backs only when asked.
+pub fn autonat_server_config(allow_private: bool) -> circuit_proto::autonat::ServerConfig {
+    circuit_proto::autonat::ServerConfig {
+        allow_private,
+        ..Default::default()
+    }
+}
