@@ -21,6 +21,9 @@ pub struct Args {
     /// Extra trusted certificate(s) (PEM) for dialing secure WebSocket, e.g. a self-signed relay.
     #[arg(long, value_name = "FILE")]
     tls_trust: Option<PathBuf>,
+    /// DHT peers to join to find a relay for the bare form `/p2p-circuit/p2p/<peer>` (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    bootstrap: Vec<Multiaddr>,
     /// Protocol to open instead of the pipe protocol.
     #[arg(long, default_value = PIPE_PROTOCOL)]
     protocol: String,
@@ -31,10 +34,7 @@ pub async fn run(a: Args, out: Output) -> anyhow::Result<ExitCode> {
         super::identity(a.identity, None)?,
         super::peer_config(a.tls_trust.as_deref())?,
     );
-    let conn = node
-        .dial(&a.addr)
-        .await
-        .with_context(|| format!("dialing {}", a.addr))?;
+    let conn = super::connect(&node, &a.addr, &a.bootstrap).await?;
     out.event(
         format!("connected to {} via {}", conn.peer(), conn.info().remote_addr),
         ev("connected", json!({"peer": conn.peer().to_string(), "remote_addr": conn.info().remote_addr.to_string(), "relayed": conn.info().relayed})),

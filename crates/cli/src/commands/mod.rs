@@ -57,6 +57,67 @@ pub fn peer_config(tls_trust: Option<&std::path::Path>) -> anyhow::Result<circui
     Ok(cfg)
 }
 
+/// Connects to `addr`. The bare form `/p2p-circuit/p2p/<peer>` names no relay: with
+/// `bootstrap` peers we join the DHT, find relays (providers of `/libp2p/relay`) and
+/// try a circuit through each until one reaches the peer.
+pub async fn connect(
+    node: &circuit_net::Node,
+    addr: &circuit_net::Multiaddr,
+    bootstrap: &[circuit_net::Multiaddr],
+) -> anyhow::Result<circuit_net::Connection> {
+    let bare = matches!(circuit_wire::addr::parse_circuit(addr), Ok(Some(c)) if c.relay.is_none());
+    if !bare || bootstrap.is_empty() {
+        return node.dial(addr).await.with_context(|| {
+            if bare {
+                format!("dialing {addr}: no relay named; give --bootstrap <dht peer> to find one")
+            } else {
+                format!("dialing {addr}")
+            }
+        });
+    }
+    let Ok(Some(target)) = circuit_wire::addr::parse_circuit(addr).map(|c| c.map(|c| c.target))
+    else {
+        anyhow::bail!("bad address {addr}");
+    };
+    use circuit_net::protocols::kad::{namespace_key, Kad, KadConfig, RELAY_NAMESPACE};
+    let kad = Kad::start(
+        node,
+        KadConfig {
+            server: false,
+            ..Default::default()
+        },
+    );
+    kad.bootstrap(bootstrap).await;
+    let relays = kad.get_providers(namespace_key(RELAY_NAMESPACE)).await;
+    let mut errors = Vec::new();
+    for relay in &relays {
+        for a in relay
+            .addrs
+            .iter()
+            .filter(|a| !circuit_wire::addr::is_circuit(a))
+        {
+            let relay_addr = circuit_wire::addr::with_p2p(a.clone(), relay.id);
+            let attempt = async {
+                let conn = node.dial(&relay_addr).await?;
+                circuit_net::relay_client::connect_via(node, &conn, target).await
+            };
+            match attempt.await {
+                Ok(c) => return Ok(c),
+                Err(e) => errors.push(format!("{relay_addr}: {e}")),
+            }
+        }
+    }
+    anyhow::bail!(
+        "no relay reached {target} ({} relays found in the DHT){}",
+        relays.len(),
+        if errors.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", errors.join("; "))
+        }
+    )
+}
+
 /// `circuit id`.
 pub fn id(path: Option<PathBuf>, out: Output) -> anyhow::Result<ExitCode> {
     let kp = identity(path, Some("peer.key"))?;

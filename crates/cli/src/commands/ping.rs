@@ -30,6 +30,9 @@ pub struct Args {
     /// Extra trusted certificate(s) (PEM) for dialing secure WebSocket, e.g. a self-signed relay.
     #[arg(long, value_name = "FILE")]
     tls_trust: Option<PathBuf>,
+    /// DHT peers to join to find a relay for the bare form `/p2p-circuit/p2p/<peer>` (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    bootstrap: Vec<Multiaddr>,
 }
 
 pub async fn run(a: Args, out: Output) -> anyhow::Result<ExitCode> {
@@ -37,10 +40,7 @@ pub async fn run(a: Args, out: Output) -> anyhow::Result<ExitCode> {
         super::identity(a.identity, None)?,
         super::peer_config(a.tls_trust.as_deref())?,
     );
-    let conn = node
-        .dial(&a.addr)
-        .await
-        .with_context(|| format!("dialing {}", a.addr))?;
+    let conn = super::connect(&node, &a.addr, &a.bootstrap).await?;
     let peer = conn.peer();
     out.result(
         format!("PING {peer} via {}", conn.info().remote_addr),
