@@ -1,0 +1,191 @@
+//! Kademlia, AutoNAT and autorelay in one process on loopback: relays advertise
+//! themselves in a small DHT, a node that considers itself private finds them,
+//! reserves on the wanted number and announces its circuit addresses by identify push.
+
+use std::time::Duration;
+
+use circuit_net::autorelay::{Autorelay, AutorelayConfig, AutorelayEvent};
+use circuit_net::protocols::autonat::{self, AutoNat};
+use circuit_net::protocols::kad::{namespace_key, Kad, KadConfig, RELAY_NAMESPACE};
+use circuit_net::{Keypair, Multiaddr, Node, NodeConfig};
+use circuit_proto::autonat::{ClientConfig, NatStatus, ServerConfig};
+use circuit_proto::autorelay::ChooserConfig;
+use circuit_relay::{Relay, RelayConfig};
+
+async fn node(listen: bool) -> Node {
+    let n = Node::new(Keypair::generate_ed25519(), NodeConfig::default());
+    if listen {
+        n.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .await
+            .unwrap();
+    }
+    n
+}
+
+fn full(n: &Node) -> Multiaddr {
+    n.full_addr(&n.listen_addrs()[0])
+}
+
+fn private_loopback_server() -> ServerConfig {
+    ServerConfig {
+        allow_private: true,
+        ..Default::default()
+    }
+}
+
+async fn within<T>(secs: u64, what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {secs} s"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_are_found_in_the_dht_reserved_on_and_announced() {
+    let dht = node(true).await;
+    let _dht_kad = Kad::start(&dht, KadConfig::default());
+    let mut relays = Vec::new();
+    for _ in 0..4 {
+        let r = node(true).await;
+        let _relay = Relay::start(&r, RelayConfig::default());
+        let kad = Kad::start(&r, KadConfig::default());
+        assert!(kad.bootstrap(&[full(&dht)]).await >= 1);
+        assert!(
+            kad.provide(namespace_key(RELAY_NAMESPACE)).await >= 1,
+            "provider record stored nowhere"
+        );
+        relays.push((r, kad));
+    }
+
+    // A peer that knows the private node before it gets relay addresses.
+    let watcher = node(true).await;
+
+    let private = node(true).await;
+    let kad = Kad::start(
+        &private,
+        KadConfig {
+            server: false,
+            ..Default::default()
+        },
+    );
+    kad.bootstrap(&[full(&dht)]).await;
+    let providers = kad.get_providers(namespace_key(RELAY_NAMESPACE)).await;
+    assert_eq!(
+        providers.len(),
+        4,
+        "all four relays found as providers: {providers:?}"
+    );
+    let conn = private.dial(&full(&watcher)).await.unwrap();
+    assert_eq!(conn.peer(), watcher.peer_id());
+
+    let ar = Autorelay::start(
+        &private,
+        Some(kad),
+        None,
+        AutorelayConfig {
+            chooser: ChooserConfig {
+                want: 3,
+                ..Default::default()
+            },
+            force_private: true,
+            ..Default::default()
+        },
+    );
+    let mut events = ar.events();
+    let mut chosen = std::collections::HashSet::new();
+    within(20, "three relays chosen", async {
+        while chosen.len() < 3 {
+            if let Ok(AutorelayEvent::RelayChosen { relay, addrs, .. }) = events.recv().await {
+                assert!(addrs
+                    .iter()
+                    .all(|a| a.to_string().contains("/p2p-circuit/p2p/")));
+                chosen.insert(relay);
+            }
+        }
+    })
+    .await;
+    let relay_ids: Vec<_> = relays.iter().map(|(r, _)| r.peer_id()).collect();
+    assert!(chosen.iter().all(|c| relay_ids.contains(c)));
+    assert_eq!(
+        private
+            .addresses()
+            .iter()
+            .filter(|a| a.to_string().contains("/p2p-circuit"))
+            .count(),
+        3
+    );
+
+    // The watcher learnt them by identify push, without asking.
+    within(10, "identify push of the relay addresses", async {
+        loop {
+            let n = watcher
+                .peer_info(&private.peer_id())
+                .map(|i| {
+                    i.listen_addrs
+                        .iter()
+                        .filter(|a| a.to_string().contains("/p2p-circuit"))
+                        .count()
+                })
+                .unwrap_or(0);
+            if n == 3 {
+                return;
+            }
+
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    // Someone else reaches the private node through one of them.
+    let dialer = node(false).await;
+    let addr = private
+        .addresses()
+        .into_iter()
+        .find(|a| a.to_string().contains("/p2p-circuit"))
+        .unwrap();
+    let c = dialer.dial(&private.full_addr(&addr)).await.unwrap();
+    assert_eq!(c.peer(), private.peer_id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autonat_finds_a_reachable_node_public() {
+    let server = node(true).await;
+    autonat::enable_server(&server, private_loopback_server());
+    let client = node(true).await;
+    let status = AutoNat::start(
+        &client,
+        ClientConfig {
+            boot_delay: Duration::from_millis(100),
+            ..Default::default()
+        },
+    );
+    client.dial(&full(&server)).await.unwrap();
+    let mut w = status.watch();
+    within(10, "public", async {
+        loop {
+            if matches!(w.borrow().0, NatStatus::Public(_)) {
+                return;
+            }
+            w.changed().await.unwrap();
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autonat_server_refuses_private_requesters_by_default() {
+    let server = node(true).await;
+    autonat::enable_server(&server, ServerConfig::default());
+    let client = node(true).await;
+    let status = AutoNat::start(
+        &client,
+        ClientConfig {
+            boot_delay: Duration::from_millis(100),
+            ..Default::default()
+        },
+    );
+    client.dial(&full(&server)).await.unwrap();
+    // A loopback requester is refused (dial-backs to private addresses prove nothing):
+    // the client stays unknown rather than deciding public or private.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(status.status().0, NatStatus::Unknown);
+}
