@@ -32,7 +32,7 @@ let node = null
 const inbound = {
   /** One entry per inbound connection: { peer, addr, limited }. */
   connections: [],
-  /** One entry per finished inbound pipe stream: { peer, bytes, ok, error? }. */
+  /** One entry per inbound pipe stream: { peer, bytes, state: echoing|closing|done|failed, error? }. */
   pipes: []
 }
 
@@ -73,10 +73,87 @@ function equalBytes (a, b) {
   return true
 }
 
-/** Pull-style reader over a js-libp2p 3.x stream's async iterator. */
+// Pause the stream while this many received bytes wait to be consumed.
+const READ_HIGH_WATER = 1024 * 1024
+
+/**
+ * Iterate over the data a stream receives until its readable end ends.
+ *
+ * Used instead of `for await (const chunk of stream)`, which can hang in
+ * js-libp2p 3.x (@libp2p/utils AbstractMessageStream): when a stream's data
+ * *and* the remote's half-close arrive before the handler runs (our Rust
+ * dialer negotiates optimistically, so data and FIN can come in one burst),
+ * the `remoteCloseWrite` event fires while nobody listens; the stream's own
+ * iterator then delivers the buffered data but only ends on `close` or
+ * `remoteCloseWrite`, never on the `end` event that follows the data. Here we
+ * listen for `end` and also check `readableEnded`.
+ */
+async function * readChunks (stream) {
+  const queue = []
+  let queued = 0
+  let ended = false
+  let failure = null
+  let wake = null
+  const notify = () => {
+    const w = wake
+    wake = null
+    w?.()
+  }
+  const onMessage = (evt) => {
+    const bytes = evt.data.subarray()
+    queue.push(bytes)
+    queued += bytes.byteLength
+    if (queued > READ_HIGH_WATER && stream.readStatus === 'readable') {
+      stream.pause()
+    }
+    notify()
+  }
+  const onEnd = () => {
+    ended = true
+    notify()
+  }
+  const onClose = (evt) => {
+    if (evt.error != null) {
+      failure = evt.error
+    }
+    ended = true
+    notify()
+  }
+  stream.addEventListener('message', onMessage)
+  stream.addEventListener('end', onEnd)
+  stream.addEventListener('close', onClose)
+  try {
+    for (;;) {
+      if (queue.length > 0) {
+        const bytes = queue.shift()
+        queued -= bytes.byteLength
+        if (queued <= READ_HIGH_WATER / 2 && stream.readStatus === 'paused') {
+          stream.resume()
+        }
+        yield bytes
+        continue
+      }
+      if (failure != null) {
+        throw failure
+      }
+      // After a graceful `close` the stream may still hold data it is about
+      // to dispatch; `end` itself only fires once that buffer is empty.
+      if ((ended || stream.readableEnded) && stream.readBufferLength === 0) {
+        return
+      }
+      await new Promise(resolve => { wake = resolve })
+    }
+  } finally {
+    stream.removeEventListener('message', onMessage)
+    stream.removeEventListener('end', onEnd)
+    stream.removeEventListener('close', onClose)
+  }
+}
+
+/** Pull-style reader over a stream (see readChunks). */
 class ByteReader {
   constructor (stream) {
-    this.it = stream[Symbol.asyncIterator]()
+    this.it = readChunks(stream)
     this.buf = new Uint8Array(0)
   }
 
@@ -87,7 +164,7 @@ class ByteReader {
       if (done) {
         throw new Error(`stream ended after ${this.buf.byteLength}/${n} bytes`)
       }
-      const chunk = value.subarray()
+      const chunk = value
       const next = new Uint8Array(this.buf.byteLength + chunk.byteLength)
       next.set(this.buf, 0)
       next.set(chunk, this.buf.byteLength)
@@ -97,29 +174,45 @@ class ByteReader {
     this.buf = this.buf.subarray(n)
     return res
   }
+
+  /** Read until the remote closes its side; anything more is an error. */
+  async end () {
+    for (;;) {
+      const { done, value } = await this.it.next()
+      if (done) {
+        return
+      }
+      if (value.byteLength > 0) {
+        throw new Error(`unexpected ${value.byteLength} bytes after the last ping`)
+      }
+    }
+  }
 }
 
 /** Echo an inbound pipe stream until the remote half-closes, then close. */
 async function handlePipe (stream, connection) {
-  const peer = connection.remotePeer.toString()
-  let total = 0
+  // The entry is visible while the pipe runs, so a stalled pipe shows how far it got.
+  const entry = { peer: connection.remotePeer.toString(), bytes: 0, state: 'echoing' }
+  inbound.pipes.push(entry)
+  show(`pipe stream from ${entry.peer}`)
   try {
-    for await (const chunk of stream) {
-      const bytes = chunk.subarray()
-      total += bytes.byteLength
-      if (total > MAX_PIPE_BYTES) {
+    for await (const bytes of readChunks(stream)) {
+      entry.bytes += bytes.byteLength
+      if (entry.bytes > MAX_PIPE_BYTES) {
         throw new Error(`pipe longer than ${MAX_PIPE_BYTES} bytes`)
       }
       if (!stream.send(bytes)) {
         await stream.onDrain()
       }
     }
+    entry.state = 'closing'
     await stream.close()
-    inbound.pipes.push({ peer, bytes: total, ok: true })
-    show(`echoed ${total} bytes for ${peer}`)
+    entry.state = 'done'
+    show(`echoed ${entry.bytes} bytes for ${entry.peer}`)
   } catch (err) {
-    inbound.pipes.push({ peer, bytes: total, ok: false, error: String(err) })
-    show(`pipe from ${peer} failed after ${total} bytes: ${err}`)
+    entry.state = 'failed'
+    entry.error = String(err)
+    show(`pipe from ${entry.peer} failed after ${entry.bytes} bytes: ${err}`)
     stream.abort(err)
   }
 }
@@ -218,8 +311,7 @@ async function dialEcho (addr, n, timeoutMs = 30_000) {
 
   // Read concurrently with writing so the echo never stalls on backpressure.
   const reading = (async () => {
-    for await (const chunk of stream) {
-      const bytes = chunk.subarray()
+    for await (const bytes of readChunks(stream)) {
       if (got + bytes.byteLength > n) {
         throw new Error(`echo longer than sent: ${got + bytes.byteLength} > ${n}`)
       }
@@ -275,6 +367,18 @@ async function pingPeer (addr, count = 3, timeoutMs = 30_000) {
     show(`ping ${i + 1} to ${conn.remotePeer}: ${rtt.toFixed(3)} ms`)
   }
   await stream.close({ signal })
+  // Wait until the remote has closed its side too: the library's ping service
+  // allows one outbound ping stream per connection, and ours counts until then.
+  await Promise.race([
+    reader.end(),
+    new Promise((resolve, reject) => signal.addEventListener('abort', () => reject(new Error('ping stream: remote did not close')), { once: true }))
+  ])
+  if (stream.status === 'open' || stream.status === 'closing') {
+    await new Promise((resolve) => {
+      stream.addEventListener('close', resolve, { once: true })
+      signal.addEventListener('abort', resolve, { once: true })
+    })
+  }
   const serviceRtt = await n.services.ping.ping(multiaddr(addr), { signal, runOnLimitedConnection: true })
   show(`library ping to ${conn.remotePeer}: ${serviceRtt} ms`)
   return { peer: conn.remotePeer.toString(), rtts, serviceRtt }
