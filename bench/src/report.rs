@@ -171,6 +171,15 @@ pub struct Report {
     date: String,
     machine: String,
     command: String,
+    /// `/proc/loadavg` (1, 5, 15 min) when the run started: other work on the machine skews it.
+    load_start: String,
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn cmd_output(prog: &str, args: &[&str]) -> Option<String> {
@@ -223,6 +232,7 @@ impl Report {
             date: cmd_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
             machine: format!("{cores} cores ({cpu}), {kernel}"),
             command: format!("cargo run --release -p circuit-bench -- {}", args.join(" ")),
+            load_start: loadavg(),
         }
     }
 
@@ -289,6 +299,11 @@ impl Report {
         s += &format!(
             "{}; {}; the run took {:.0} s.\n\n",
             self.date, self.machine, self.elapsed_s
+        );
+        s += &format!(
+            "Load average (1/5/15 min) at the start: {}; at the end: {}.\n\n",
+            self.load_start,
+            loadavg()
         );
         s += &format!("Command: `{}`\n\n", self.command);
         s += &format!(
@@ -405,6 +420,8 @@ impl Report {
         json!({
             "date": self.date,
             "machine": self.machine,
+            "load_start": self.load_start,
+            "load_end": loadavg(),
             "command": self.command,
             "elapsed_s": self.elapsed_s,
             "config": self.config,
