@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use circuit_proto::relay::{self as core, Granted, Limit};
+use circuit_proto::relay_v1 as v1;
 use circuit_wire::addr::{self as waddr, CircuitAddr};
 use circuit_wire::pb::relay::{HopMessage, Status, StopMessage};
+use circuit_wire::pb::relay_v1::{CircuitRelay, Status as V1Status};
 use libp2p_identity::PeerId;
 use multiaddr::{Multiaddr, Protocol};
 use tokio::io::AsyncWriteExt;
@@ -275,11 +277,21 @@ pub async fn connect_via(
         framed::write_message(&mut s, &core::hop_connect(&target)).await?;
         framed::read_message::<HopMessage>(&mut s, core::MAX_MESSAGE).await
     };
-    let answer = tokio::time::timeout(RELAY_IO_TIMEOUT, exchange)
-        .await
-        .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "relay did not answer CONNECT")
-        })??;
+    let answer = match tokio::time::timeout(RELAY_IO_TIMEOUT, exchange).await {
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "relay did not answer CONNECT",
+            )
+            .into())
+        }
+        // The relay does not speak v2 hop: an old relay may still speak v1.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            tracing::debug!(%relay, "relay lacks v2 hop; trying circuit relay v1");
+            return connect_via_v1(node, relay_conn, target).await;
+        }
+        Ok(r) => r?,
+    };
     let limit =
         core::parse_connect_response(&answer).map_err(|status| DialError::RelayRefused {
             relay,
@@ -302,7 +314,111 @@ pub async fn connect_via(
     .map_err(|source| DialError::Upgrade { addr, source })
 }
 
+/// Opens a circuit relay v1 HOP to `target` through the relay on `relay_conn` and upgrades it.
+pub async fn connect_via_v1(
+    node: &Node,
+    relay_conn: &Connection,
+    target: PeerId,
+) -> Result<Connection, DialError> {
+    let relay = relay_conn.peer();
+    let mut s = node.open_stream(relay_conn, v1::PROTOCOL).await?;
+    let our_addrs: Vec<Multiaddr> = node
+        .addresses()
+        .into_iter()
+        .filter(|a| !waddr::is_circuit(a))
+        .collect();
+    let exchange = async {
+        framed::write_message(&mut s, &v1::hop(&node.peer_id(), &our_addrs, &target)).await?;
+        framed::read_message::<CircuitRelay>(&mut s, v1::MAX_MESSAGE).await
+    };
+    let answer = tokio::time::timeout(RELAY_IO_TIMEOUT, exchange)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "relay did not answer HOP")
+        })??;
+    v1::parse_status(&answer).map_err(|code| DialError::RelayRefused {
+        relay,
+        target,
+        status: v1::code_name(code),
+    })?;
+    let remote = circuit_remote_addr(relay_conn);
+    let local = relay_conn.info().local_addr.clone();
+    let addr = remote.clone();
+    node.upgrade(
+        Box::new(s),
+        local,
+        remote,
+        Direction::Outbound,
+        Some(target),
+        Some(Limit::UNLIMITED),
+    )
+    .await
+    .map_err(|source| DialError::Upgrade { addr, source })
+}
+
+/// The destination side of relay v1: a STOP from a relay is an inbound circuit.
+async fn handle_v1(
+    node: &Node,
+    mut s: crate::connection::Stream,
+    relay_conn: &Connection,
+) -> Result<(), String> {
+    let msg = tokio::time::timeout(
+        RELAY_IO_TIMEOUT,
+        framed::read_message::<CircuitRelay>(&mut s, v1::MAX_MESSAGE),
+    )
+    .await
+    .map_err(|_| "relay sent nothing".to_string())?
+    .map_err(|e| format!("reading v1 message: {e}"))?;
+    let refuse = |code: V1Status| v1::status(code);
+    let src = match v1::parse_request(&msg) {
+        Ok(v1::Request::Stop { src, dst })
+            if dst == node.peer_id() && !relay_conn.info().relayed =>
+        {
+            src
+        }
+        Ok(v1::Request::Stop { .. }) => {
+            let _ = framed::write_message(&mut s, &refuse(V1Status::StopDstMultiaddrInvalid)).await;
+            return Err("v1 STOP for another peer or over a relayed connection".into());
+        }
+        Ok(_) => {
+            let _ = framed::write_message(&mut s, &refuse(V1Status::HopCantSpeakRelay)).await;
+            return Ok(());
+        }
+        Err(code) => {
+            let _ = framed::write_message(&mut s, &refuse(code)).await;
+            return Err(format!("bad v1 message: {}", v1::code_name(code as i32)));
+        }
+    };
+    framed::write_message(&mut s, &v1::status(V1Status::Success))
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::debug!(relay = %relay_conn.peer(), %src, "accepting v1 circuit");
+    let remote = circuit_remote_addr(relay_conn);
+    let local = relay_conn.info().local_addr.clone();
+    node.upgrade(
+        Box::new(s),
+        local,
+        remote,
+        Direction::Inbound,
+        None,
+        Some(Limit::UNLIMITED),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
 pub(crate) fn install_stop(node: &Node) {
+    let n = node.clone();
+    node.handle(v1::PROTOCOL, move |inc| {
+        let n = n.clone();
+        tokio::spawn(async move {
+            let relay_conn = inc.connection.clone();
+            if let Err(e) = handle_v1(&n, inc.stream, &relay_conn).await {
+                tracing::info!(relay = %relay_conn.peer(), error = %e, "incoming v1 circuit failed");
+            }
+        });
+    });
     let n = node.clone();
     node.handle(STOP_PROTOCOL, move |inc| {
         let n = n.clone();

@@ -11,4 +11,5 @@ pub mod kad;
 pub mod multistream;
 pub mod noise;
 pub mod relay;
+pub mod relay_v1;
 pub mod yamux;

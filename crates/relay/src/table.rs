@@ -148,6 +148,17 @@ impl ReservationTable {
         if !self.has_reservation(&dst, now) {
             return Err(TableError::NoReservation);
         }
+        self.open_circuit_unreserved(cfg, src, dst)
+    }
+
+    /// Admits a circuit without a reservation (relay v1 has none), under the same
+    /// circuit limits; undo with [`Self::close_circuit`].
+    pub fn open_circuit_unreserved(
+        &mut self,
+        cfg: &RelayConfig,
+        src: PeerId,
+        dst: PeerId,
+    ) -> Result<(), TableError> {
         if self.total_circuits >= cfg.max_circuits {
             return Err(TableError::CircuitsFull);
         }

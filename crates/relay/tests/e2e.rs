@@ -203,3 +203,44 @@ async fn dns_dial_and_refused_protocol() {
     let mut p = Pinger::open(&b, &conn).await.unwrap();
     p.ping(Duration::from_secs(5)).await.unwrap();
 }
+
+#[tokio::test]
+async fn relay_v1_circuit_without_reservation() {
+    init_logs();
+    let (_rn, _relay, tcp, _) = relay(RelayConfig {
+        limit: Limit::UNLIMITED,
+        ..Default::default()
+    })
+    .await;
+    // v1 has no reservations: the listener only needs a connection to the relay.
+    let listener = node(&[]).await;
+    listener.handle("/test/echo/1.0.0", |mut inc| {
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = inc.stream.read(&mut buf).await {
+                if n == 0 || inc.stream.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            let _ = inc.stream.shutdown().await;
+        });
+    });
+    listener.dial(&tcp).await.unwrap();
+    let dialer = node(&[]).await;
+    let relay_conn = dialer.dial(&tcp).await.unwrap();
+    let conn = relay_client::connect_via_v1(&dialer, &relay_conn, listener.peer_id())
+        .await
+        .unwrap();
+    assert!(conn.info().relayed);
+    let mut s = dialer.open_stream(&conn, "/test/echo/1.0.0").await.unwrap();
+    s.write_all(b"over relay v1").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"over relay v1");
+    // A peer the relay has no connection to.
+    let err = relay_client::connect_via_v1(&dialer, &relay_conn, circuit_net::PeerId::random())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("HopNoConnToDst"), "{err}");
+}

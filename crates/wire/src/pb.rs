@@ -451,3 +451,88 @@ pub mod autonat {
         pub addr: Option<Vec<u8>>,
     }
 }
+
+/// Circuit relay v1 (`/libp2p/circuit/relay/0.1.0`), proto2.
+pub mod relay_v1 {
+    /// The single message of relay v1.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CircuitRelay {
+        /// HOP, STOP, STATUS or CAN_HOP.
+        #[prost(enumeration = "Type", optional, tag = "1")]
+        pub r#type: Option<i32>,
+        /// The initiator (HOP and STOP).
+        #[prost(message, optional, tag = "2")]
+        pub src_peer: Option<Peer>,
+        /// The destination (HOP and STOP).
+        #[prost(message, optional, tag = "3")]
+        pub dst_peer: Option<Peer>,
+        /// STATUS only.
+        #[prost(enumeration = "Status", optional, tag = "4")]
+        pub code: Option<i32>,
+    }
+
+    /// A peer: id (required) and addresses.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Peer {
+        /// Peer id bytes.
+        #[prost(bytes = "vec", required, tag = "1")]
+        pub id: Vec<u8>,
+        /// Binary multiaddrs.
+        #[prost(bytes = "vec", repeated, tag = "2")]
+        pub addrs: Vec<Vec<u8>>,
+    }
+
+    /// Message type.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum Type {
+        /// Relay me to dstPeer.
+        Hop = 1,
+        /// A relayed connection from srcPeer.
+        Stop = 2,
+        /// An answer.
+        Status = 3,
+        /// Are you a relay?
+        CanHop = 4,
+    }
+
+    /// Status codes: 1xx success, 2xx from the relay, 3xx from the destination.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum Status {
+        /// Success.
+        Success = 100,
+        /// Source address too long.
+        HopSrcAddrTooLong = 220,
+        /// Destination address too long.
+        HopDstAddrTooLong = 221,
+        /// Source peer invalid (or not the sender).
+        HopSrcMultiaddrInvalid = 250,
+        /// Destination peer invalid.
+        HopDstMultiaddrInvalid = 251,
+        /// The relay has no connection to the destination.
+        HopNoConnToDst = 260,
+        /// The relay could not dial the destination.
+        HopCantDialDst = 261,
+        /// The relay could not open a stream to the destination.
+        HopCantOpenDstStream = 262,
+        /// Not a relay.
+        HopCantSpeakRelay = 270,
+        /// Destination is the relay itself.
+        HopCantRelayToSelf = 280,
+        /// Relay busy (limits).
+        HopBackoff = 290,
+        /// Source address too long (destination side).
+        StopSrcAddrTooLong = 320,
+        /// Destination address too long (destination side).
+        StopDstAddrTooLong = 321,
+        /// Source invalid (destination side).
+        StopSrcMultiaddrInvalid = 350,
+        /// Destination invalid (destination side).
+        StopDstMultiaddrInvalid = 351,
+        /// The destination refuses relayed connections.
+        StopRelayRefused = 390,
+        /// Unparsable message.
+        MalformedMessage = 400,
+    }
+}

@@ -19,6 +19,8 @@ use crate::config::RelayConfig;
 use crate::metrics::{RelayMetrics, Request};
 use crate::table::{ReservationTable, TableError};
 
+mod v1;
+
 /// Counters of the relay, for status lines and metrics.
 #[derive(Debug, Default)]
 pub struct RelayStats {
@@ -79,6 +81,11 @@ impl Relay {
         };
         relay.inner.metrics.set_status(true);
         let r = relay.clone();
+        let r1 = relay.clone();
+        node.handle(circuit_proto::relay_v1::PROTOCOL, move |inc| {
+            let r = r1.clone();
+            tokio::spawn(async move { r.handle_v1(inc).await });
+        });
         node.handle(HOP_PROTOCOL, move |inc| {
             let r = r.clone();
             tokio::spawn(async move { r.handle_hop(inc).await });
@@ -463,6 +470,19 @@ impl Relay {
             tracing::info!(%src, %target, error = %e, "circuit failed: source went away");
             return;
         }
+        self.run_circuit(src, target, src_stream, dst_stream, cfg)
+            .await;
+    }
+
+    /// Bridges an admitted, answered circuit until it ends; counts and logs it.
+    async fn run_circuit(
+        &self,
+        src: PeerId,
+        target: PeerId,
+        src_stream: Stream,
+        dst_stream: Stream,
+        cfg: &RelayConfig,
+    ) {
         self.inner.metrics.connection_handled(Status::Ok);
         self.inner.metrics.circuit_opened();
         self.inner
