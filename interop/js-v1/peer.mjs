@@ -5,7 +5,7 @@
 // Modes (see README.md for the full stdout contract):
 //   relay  --listen ADDR [--listen ADDR]... [--hop-timeout-secs N]
 //   listen --relay ADDR
-//   dial   ADDR [--bytes N] [--pings N]
+//   dial   ADDR [--bytes N] [--pings N] [--wait-secs N]
 //
 // Events go to stdout, one per line; everything else (js-libp2p debug logs via
 // DEBUG=libp2p:*, our own diagnostics) goes to stderr.
@@ -16,6 +16,7 @@ import { tcp } from '@libp2p/tcp'
 import { webSockets } from '@libp2p/websockets'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
+import net from 'node:net'
 
 const PIPE_PROTOCOL = '/circuit/pipe/1.0.0'
 const PING_PROTOCOL = '/ipfs/ping/1.0.0'
@@ -32,6 +33,19 @@ const DIAL_TIMEOUT_MS = Number.parseInt(process.env.JS_PEER_DIAL_TIMEOUT_MS ?? '
 const DEFAULT_HOP_TIMEOUT_SECS = 3600
 // setTimeout's upper bound (ms); longer timers fire immediately in Node.
 const MAX_TIMER_MS = 2_147_483_647
+
+// @libp2p/tcp 6 leaves Nagle's algorithm on. yamux/noise of this era write a
+// frame header and its body as separate socket writes, so every small message
+// waits for the peer's delayed ACK (~40 ms per TCP hop; pings over a relay
+// measured 60-200 ms on loopback). Disable Nagle on every socket the TCP
+// transport opens or accepts; it calls net.connect / net.createServer on this
+// same module object.
+const netConnect = net.connect
+net.connect = (...args) => netConnect(...args).setNoDelay(true)
+const netCreateServer = net.createServer
+net.createServer = (options, listener) => typeof options === 'function'
+  ? netCreateServer({ noDelay: true }, options)
+  : netCreateServer({ ...options, noDelay: true }, listener)
 
 /** Print one event line on stdout. */
 function out (line) {
@@ -390,12 +404,15 @@ async function doPipe (conn, n, signal) {
 }
 
 async function runDial (argv) {
-  const { positional, flags } = parseArgs(argv, ['bytes', 'pings'])
+  const { positional, flags } = parseArgs(argv, ['bytes', 'pings', 'wait-secs'])
   if (positional.length !== 1) {
     throw new UsageError('dial needs exactly one ADDR')
   }
   const bytes = flags.bytes != null ? parseCount('--bytes', flags.bytes) : 65536
   const pings = flags.pings != null ? parseCount('--pings', flags.pings) : 3
+  // Extra (not in interop/js): idle this long between the pings and the echo,
+  // to test how long a v1 circuit stays up.
+  const waitSecs = flags['wait-secs'] != null ? parseCount('--wait-secs', flags['wait-secs']) : 0
   const target = multiaddr(positional[0])
   if (!target.toString().includes('/p2p-circuit/')) {
     throw new UsageError('dial ADDR must be <relay addr>/p2p/<R>/p2p-circuit/p2p/<peer>')
@@ -417,6 +434,9 @@ async function runDial (argv) {
   out(`CONNECTED ${conn.remotePeer}`)
   log(`connection ${conn.remoteAddr} local ${conn.stat?.direction}`)
   await doPings(conn, pings, signal)
+  if (waitSecs > 0) {
+    await new Promise(resolve => setTimeout(resolve, waitSecs * 1000))
+  }
   await doPipe(conn, bytes, signal)
 
   clearTimeout(timer)
@@ -439,10 +459,21 @@ async function main () {
   }
 }
 
+/**
+ * One-line message for an error. js-libp2p 0.42's dialer rejects with an
+ * AggregateError ("All promises were rejected") whose useful text, e.g.
+ * `HOP request failed with code "260"`, is in the inner errors.
+ */
+function errorMessage (err) {
+  const inner = Array.isArray(err?.errors) && err.errors.length > 0
+    ? err.errors.map(e => errorMessage(e)).join('; ')
+    : String(err?.message ?? err)
+  return inner.replace(/\s+/g, ' ')
+}
+
 main().catch((err) => {
   log(err)
-  const msg = String(err?.message ?? err).replace(/\s+/g, ' ')
-  out(`ERROR ${msg}`)
+  out(`ERROR ${errorMessage(err)}`)
   exit(1)
 })
 
@@ -451,7 +482,7 @@ main().catch((err) => {
 process.on('unhandledRejection', (err) => {
   log('unhandled rejection', err)
   if (process.argv[2] === 'dial') {
-    out(`ERROR ${String(err?.message ?? err).replace(/\s+/g, ' ')}`)
+    out(`ERROR ${errorMessage(err)}`)
     exit(1)
   }
 })
