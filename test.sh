@@ -40,4 +40,4 @@ cargo build --release --locked --manifest-path interop/rust-libp2p-peer/Cargo.to
 step "cargo test --workspace"
 # CI=true makes the interop tests fail (not skip) when a peer is missing.
 export CI="${CI:-true}"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast

@@ -446,7 +446,16 @@ impl AsyncWrite for Stream {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // With an optimistic proposal still unanswered, hold the FIN back until the
+        // peer confirms the protocol: js-libp2p resets a stream whose FIN arrives
+        // while it is still settling the negotiation.
+        if self.unconfirmed.is_some() {
+            match self.poll_confirm(cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+        }
         let mut st = lock(&self.conn.shared);
         st.session.stream_finish(self.id);
         st.wake_driver();
