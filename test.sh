@@ -2,6 +2,7 @@
 # The one test command. On a fresh machine it first installs what the tests need:
 #   - Debian packages when run as root and missing: nodejs, npm, chromium, iproute2, nftables,
 #   - the js-libp2p test peer (npm ci in interop/js; brings its own Node 22 from npm),
+#   - the js-libp2p 0.42 peer that speaks only circuit relay v1 (npm ci in interop/js-v1),
 #   - the browser test page's packages (npm ci in interop/browser: js-libp2p, esbuild, puppeteer-core),
 #   - the rust-libp2p test peer (cargo build --release in interop/rust-libp2p-peer),
 # then runs the workspace's tests (unit, property, end-to-end and interop).
@@ -30,6 +31,9 @@ fi
 
 step "js-libp2p test peer: npm ci in interop/js"
 (cd interop/js && npm ci --no-audit --no-fund --loglevel=error)
+
+step "js-libp2p 0.42 (circuit relay v1) test peer: npm ci in interop/js-v1"
+(cd interop/js-v1 && npm ci --no-audit --no-fund --loglevel=error)
 
 step "browser test page: npm ci in interop/browser"
 (cd interop/browser && npm ci --no-audit --no-fund --loglevel=error)

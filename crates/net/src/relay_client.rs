@@ -292,12 +292,31 @@ pub async fn connect_via(
         }
         Ok(r) => r?,
     };
-    let limit =
-        core::parse_connect_response(&answer).map_err(|status| DialError::RelayRefused {
-            relay,
-            target,
-            status,
-        })?;
+    let limit = match core::parse_connect_response(&answer) {
+        Ok(limit) => limit,
+        // A v1-only target has no reservation but may still be reachable with v1.
+        Err(status) if status == "NO_RESERVATION" => {
+            drop(s);
+            return match connect_via_v1(node, relay_conn, target).await {
+                Ok(c) => Ok(c),
+                Err(e) => {
+                    tracing::debug!(%relay, %target, error = %e, "relay v1 fallback failed too");
+                    Err(DialError::RelayRefused {
+                        relay,
+                        target,
+                        status,
+                    })
+                }
+            };
+        }
+        Err(status) => {
+            return Err(DialError::RelayRefused {
+                relay,
+                target,
+                status,
+            })
+        }
+    };
     tracing::debug!(%relay, %target, ?limit, "circuit open; upgrading");
     let remote = circuit_remote_addr(relay_conn);
     let local = relay_conn.info().local_addr.clone();
