@@ -451,4 +451,49 @@ mod tests {
             Err("CONNECTION_FAILED".into())
         );
     }
+
+    mod prop {
+        use super::super::*;
+        use circuit_wire::pb::relay::{HopMessage, StopMessage};
+        use circuit_wire::pb::relay_v1::CircuitRelay;
+        use proptest::prelude::*;
+        use prost::Message;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Whatever a peer sends on hop or stop, decoding and checking never panic,
+            /// and a refusal is always one of the spec's request errors.
+            #[test]
+            fn hop_and_stop_parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+                if let Ok(m) = HopMessage::decode(bytes.as_slice()) {
+                    if let Err(s) = parse_hop_request(&m) {
+                        prop_assert!(matches!(s, Status::MalformedMessage | Status::UnexpectedMessage));
+                    }
+                    let _ = parse_connect_response(&m);
+                    let me = PeerId::random();
+                    let _ = parse_reserve_response(&m, &me, &me, 0);
+                }
+                if let Ok(m) = StopMessage::decode(bytes.as_slice()) {
+                    if let Err(s) = parse_stop_connect(&m) {
+                        prop_assert!(matches!(s, Status::MalformedMessage | Status::UnexpectedMessage));
+                    }
+                    let _ = parse_stop_response(&m);
+                }
+                if let Ok(m) = CircuitRelay::decode(bytes.as_slice()) {
+                    let _ = crate::relay_v1::parse_request(&m);
+                    let _ = crate::relay_v1::parse_status(&m);
+                }
+            }
+
+            /// A CONNECT for any peer survives encode → decode → check.
+            #[test]
+            fn connect_roundtrip(seed in any::<[u8; 32]>()) {
+                let key = libp2p_identity::Keypair::ed25519_from_bytes(seed).unwrap();
+                let target = key.public().to_peer_id();
+                let m = HopMessage::decode(hop_connect(&target).encode_to_vec().as_slice()).unwrap();
+                prop_assert_eq!(parse_hop_request(&m), Ok(HopRequest::Connect { target }));
+            }
+        }
+    }
 }
