@@ -310,7 +310,14 @@ fn relay_addr(
         .into_iter()
         .find(|c| !c.info().relayed && c.info().direction == crate::Direction::Outbound)
         .map(|c| c.info().remote_addr.clone())
-        .or_else(|| addrs.get(peer).and_then(|v| v.first().cloned()))?;
+        .or_else(|| {
+            // A loopback address only helps when the relay is on this host.
+            let v = addrs.get(peer)?;
+            v.iter()
+                .find(|a| !crate::node::is_loopback(a))
+                .or_else(|| v.first())
+                .cloned()
+        })?;
     Some(circuit_wire::addr::with_p2p(a, *peer))
 }
 

@@ -404,6 +404,23 @@ impl Node {
         v
     }
 
+    /// The addresses worth giving to others (reservations, DHT records): like
+    /// [`Self::addresses`], without circuit addresses, and without loopback ones
+    /// when the host has any other (a peer elsewhere cannot use 127.0.0.1).
+    pub fn advertised_addresses(&self) -> Vec<Multiaddr> {
+        let direct: Vec<Multiaddr> = self
+            .addresses()
+            .into_iter()
+            .filter(|a| !waddr::is_circuit(a))
+            .collect();
+        let routable: Vec<Multiaddr> = direct.iter().filter(|a| !is_loopback(a)).cloned().collect();
+        if routable.is_empty() {
+            direct
+        } else {
+            routable
+        }
+    }
+
     /// The bound listen addresses.
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
         self.inner
@@ -796,6 +813,12 @@ impl Node {
     pub fn full_addr(&self, addr: &Multiaddr) -> Multiaddr {
         waddr::with_p2p(addr.clone(), self.peer_id())
     }
+}
+
+/// Whether the address is on the loopback interface (127.0.0.0/8, ::1).
+pub fn is_loopback(addr: &Multiaddr) -> bool {
+    matches!(addr.iter().next(), Some(Protocol::Ip4(ip)) if ip.is_loopback())
+        || matches!(addr.iter().next(), Some(Protocol::Ip6(ip)) if ip.is_loopback())
 }
 
 /// Expands `0.0.0.0` / `::` to the host's interface addresses of that family.

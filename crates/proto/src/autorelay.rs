@@ -19,8 +19,12 @@ pub struct ChooserConfig {
     pub switch_min_gain: Duration,
     /// No replacement within this time after the previous one.
     pub switch_cooldown: Duration,
-    /// After a failed or lost reservation, leave that relay alone this long.
+    /// After a failed or lost reservation, leave that relay alone this long at first;
+    /// the wait doubles with each failure in a row (a relay that restarts is back in
+    /// seconds, one that is gone costs little).
     pub failure_backoff: Duration,
+    /// The longest wait after repeated failures.
+    pub max_failure_backoff: Duration,
 }
 
 impl Default for ChooserConfig {
@@ -30,7 +34,8 @@ impl Default for ChooserConfig {
             switch_ratio: 0.7,
             switch_min_gain: Duration::from_millis(5),
             switch_cooldown: Duration::from_secs(60),
-            failure_backoff: Duration::from_secs(60),
+            failure_backoff: Duration::from_secs(2),
+            max_failure_backoff: Duration::from_secs(60),
         }
     }
 }
@@ -56,6 +61,8 @@ enum State {
 struct Candidate {
     rtt: Option<Duration>,
     state: State,
+    /// Failures in a row (reset when a reservation holds).
+    failures: u32,
 }
 
 /// The chooser.
@@ -81,6 +88,7 @@ impl Chooser {
         self.candidates.entry(peer).or_insert(Candidate {
             rtt: None,
             state: State::Idle,
+            failures: 0,
         });
     }
 
@@ -119,8 +127,11 @@ impl Chooser {
 
     /// `peer` could not be measured or reached: back off from it.
     pub fn unreachable(&mut self, peer: &PeerId, now: Instant) {
+        let (base, max) = (self.config.failure_backoff, self.config.max_failure_backoff);
         if let Some(c) = self.candidates.get_mut(peer) {
-            c.state = State::BackedOff(now + self.config.failure_backoff);
+            let wait = base.saturating_mul(1u32 << c.failures.min(16)).min(max);
+            c.failures = c.failures.saturating_add(1);
+            c.state = State::BackedOff(now + wait);
         }
     }
 
@@ -128,6 +139,7 @@ impl Chooser {
     pub fn reservation_accepted(&mut self, peer: &PeerId) {
         if let Some(c) = self.candidates.get_mut(peer) {
             c.state = State::Reserved;
+            c.failures = 0;
         }
     }
 
@@ -362,6 +374,38 @@ mod tests {
             settle(&mut c, now + cfg.switch_cooldown),
             vec![Action::Reserve(p[4]), Action::Release(p[1])]
         );
+    }
+
+    #[test]
+    fn failure_backoff_starts_short_and_doubles() {
+        let now = Instant::now();
+        let cfg = ChooserConfig {
+            want: 1,
+            ..Default::default()
+        };
+        let mut c = Chooser::new(cfg);
+        let p = PeerId::random();
+        c.add_candidate(p);
+        c.record_rtt(&p, ms(10));
+        assert_eq!(c.poll_action(now), Some(Action::Reserve(p)));
+        c.reservation_failed(&p, now);
+        assert_eq!(c.poll_timeout(), Some(now + cfg.failure_backoff));
+        assert_eq!(
+            c.poll_action(now + cfg.failure_backoff),
+            Some(Action::Reserve(p)),
+            "a restarted relay is retried within seconds"
+        );
+        let t = now + cfg.failure_backoff;
+        c.reservation_failed(&p, t);
+        assert_eq!(c.poll_timeout(), Some(t + cfg.failure_backoff * 2));
+        for _ in 0..10 {
+            c.reservation_failed(&p, t);
+        }
+        assert_eq!(c.poll_timeout(), Some(t + cfg.max_failure_backoff));
+        // Success resets the count.
+        c.reservation_accepted(&p);
+        c.reservation_failed(&p, t);
+        assert_eq!(c.poll_timeout(), Some(t + cfg.failure_backoff));
     }
 
     #[test]

@@ -212,8 +212,9 @@ async fn relay_v1_circuit_without_reservation() {
         ..Default::default()
     })
     .await;
-    // v1 has no reservations: the listener only needs a connection to the relay.
+    // v1 has no reservations: a v1-only listener only needs a connection to the relay.
     let listener = node(&[]).await;
+    listener.unhandle(circuit_proto::relay::STOP_PROTOCOL);
     listener.handle("/test/echo/1.0.0", |mut inc| {
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
@@ -240,6 +241,13 @@ async fn relay_v1_circuit_without_reservation() {
     assert_eq!(got, b"over relay v1");
     // A peer the relay has no connection to.
     let err = relay_client::connect_via_v1(&dialer, &relay_conn, circuit_net::PeerId::random())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("HopNoConnToDst"), "{err}");
+    // A v2 peer without a reservation is not reachable through v1 either.
+    let v2_peer = node(&[]).await;
+    v2_peer.dial(&tcp).await.unwrap();
+    let err = relay_client::connect_via_v1(&dialer, &relay_conn, v2_peer.peer_id())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("HopNoConnToDst"), "{err}");

@@ -375,12 +375,7 @@ impl Kad {
     }
 
     async fn announce(&self, key: Vec<u8>) -> usize {
-        let addrs: Vec<Multiaddr> = self
-            .node
-            .addresses()
-            .into_iter()
-            .filter(|a| !circuit_wire::addr::is_circuit(a))
-            .collect();
+        let addrs: Vec<Multiaddr> = self.node.advertised_addresses();
         if self.config.server {
             let me = self.node.peer_id();
             let _ = self.state().store.add(&key, me, &addrs, Instant::now());

@@ -191,9 +191,8 @@ impl Relay {
     /// The addresses we put in reservations: announced or listen addresses, with `/p2p/<relay>`.
     pub fn reservation_addrs(&self) -> Vec<Multiaddr> {
         let node = &self.inner.node;
-        node.addresses()
+        node.advertised_addresses()
             .into_iter()
-            .filter(|a| !circuit_wire::addr::is_circuit(a))
             .map(|a| circuit_wire::addr::with_p2p(a, node.peer_id()))
             .collect()
     }

@@ -98,6 +98,23 @@ impl Relay {
             src,
             dst,
         };
+        // v1 has no reservations, but a peer that speaks v2 is reachable only with one:
+        // otherwise v1 would be a way around the reservation gate.
+        if speaks_v2(&node, &dst).await
+            && !self
+                .table()
+                .has_reservation(&dst, std::time::Instant::now())
+        {
+            answer(
+                &mut stream,
+                refuse(
+                    Status::HopNoConnToDst,
+                    "destination speaks v2 and holds no reservation",
+                ),
+            )
+            .await;
+            return;
+        }
         let Some(dst_conn) = node
             .connections_to(&dst)
             .into_iter()
@@ -162,6 +179,33 @@ impl Relay {
         tracing::info!(%src, %dst, "relay v1 circuit open");
         self.run_circuit(src, dst, stream, dst_stream, &cfg).await;
     }
+}
+
+/// Whether `peer` serves the v2 stop protocol (asks identify if we do not know yet).
+async fn speaks_v2(node: &circuit_net::Node, peer: &libp2p_identity::PeerId) -> bool {
+    let info = match node.peer_info(peer) {
+        Some(i) => Some(i),
+        None => match node
+            .connections_to(peer)
+            .into_iter()
+            .find(|c| !c.info().relayed)
+        {
+            Some(conn) => tokio::time::timeout(
+                Duration::from_secs(5),
+                circuit_net::protocols::identify::ask_now(node, &conn),
+            )
+            .await
+            .ok()
+            .and_then(|r| r.ok()),
+            None => None,
+        },
+    };
+    info.map(|i| {
+        i.protocols
+            .iter()
+            .any(|p| p == circuit_proto::relay::STOP_PROTOCOL)
+    })
+    .unwrap_or(false)
 }
 
 async fn answer(stream: &mut Stream, code: Status) {
