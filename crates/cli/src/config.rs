@@ -139,6 +139,8 @@ pub struct RelayFile {
     /// AutoNAT: also dial back requesters whose observed address is private
     /// (LANs and test beds; off on the internet, where it proves nothing).
     pub autonat_allow_private: bool,
+    /// Serve the demo page to plain HTTP `GET`s on the WebSocket port(s).
+    pub web: bool,
     /// Status line to stderr every this many seconds (0 = never).
     pub status_interval: u64,
     /// On SIGTERM/SIGINT, how long open circuits may take to finish, seconds.
@@ -161,6 +163,7 @@ impl Default for RelayFile {
             bootstrap: Vec::new(),
             advertise: false,
             autonat_allow_private: false,
+            web: false,
             status_interval: 60,
             shutdown_drain: 10,
             limits: Limits::default(),

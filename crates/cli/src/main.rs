@@ -3,6 +3,7 @@
 mod commands;
 mod config;
 mod output;
+mod web;
 
 use std::path::PathBuf;
 

@@ -23,6 +23,7 @@ pub mod relay_client;
 pub mod tls;
 pub mod transport;
 pub mod upgrade;
+pub mod web;
 
 pub use connection::{Connection, ConnectionInfo, Direction, Stream};
 pub use libp2p_identity::{Keypair, PeerId};

@@ -42,6 +42,8 @@ pub struct NodeConfig {
     pub tls_server: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// Trust for dialing secure WebSocket (Mozilla roots by default).
     pub tls_client: std::sync::Arc<rustls::ClientConfig>,
+    /// Files served to plain HTTP `GET`s on WebSocket listeners (a demo page); none = off.
+    pub web: Option<std::sync::Arc<crate::web::WebRoot>>,
 }
 
 impl Default for NodeConfig {
@@ -58,6 +60,7 @@ impl Default for NodeConfig {
             relay_client: true,
             tls_server: None,
             tls_client: crate::tls::default_client_config(),
+            web: None,
         }
     }
 }
@@ -318,12 +321,14 @@ impl Node {
     /// Binds a listener and starts accepting; returns the bound addresses
     /// (the real port; `0.0.0.0`/`::` expanded to interface addresses), without `/p2p`.
     pub async fn listen(&self, addr: Multiaddr) -> Result<Vec<Multiaddr>, DialError> {
-        let listener = Listener::bind(&addr, self.config().tls_server)
+        let cfg = self.config();
+        let mut listener = Listener::bind(&addr, cfg.tls_server)
             .await
             .map_err(|source| DialError::Transport {
                 addr: addr.clone(),
                 source,
             })?;
+        listener.set_web(cfg.web);
         let bound = expand_unspecified(listener.local_addr());
         self.inner
             .listen_addrs

@@ -44,6 +44,9 @@ pub enum TransportError {
     /// TLS handshake or setup error.
     #[error("tls: {0}")]
     Tls(String),
+    /// The connection was a plain HTTP request, answered from the web root.
+    #[error("served a plain HTTP request")]
+    ServedHttp,
 }
 
 /// The transport part of a multiaddr, parsed.
@@ -250,6 +253,7 @@ pub struct Listener {
 pub struct AcceptUpgrader {
     ws: bool,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    web: Option<Arc<crate::web::WebRoot>>,
 }
 
 impl Listener {
@@ -289,7 +293,11 @@ impl Listener {
         let local = socket_multiaddr_tls(tcp.local_addr()?, t.ws, t.tls);
         Ok(Listener {
             tcp,
-            upgrader: AcceptUpgrader { ws: t.ws, tls },
+            upgrader: AcceptUpgrader {
+                ws: t.ws,
+                tls,
+                web: None,
+            },
             local,
         })
     }
@@ -302,6 +310,13 @@ impl Listener {
     /// Whether this listener speaks WebSocket.
     pub fn is_ws(&self) -> bool {
         self.upgrader.ws
+    }
+
+    /// Serves plain HTTP `GET`s of these files on this WebSocket listener.
+    pub fn set_web(&mut self, web: Option<Arc<crate::web::WebRoot>>) {
+        if self.upgrader.ws {
+            self.upgrader.web = web;
+        }
     }
 
     /// What to run on each accepted connection (see [`accept_upgrade`]).
@@ -327,21 +342,13 @@ pub async fn accept_upgrade(
     let remote_addr = socket_multiaddr_tls(tcp.peer_addr()?, up.ws, tls);
     let io: BoxedIo = match (up.ws, up.tls) {
         (false, _) => Box::new(tcp),
-        (true, None) => {
-            let ws = tokio_tungstenite::accept_async(tcp)
-                .await
-                .map_err(|e| TransportError::WebSocket(e.to_string()))?;
-            Box::new(WsIo::new(ws))
-        }
+        (true, None) => Box::new(ws_accept(tcp, up.web.as_deref()).await?),
         (true, Some(acceptor)) => {
             let stream = acceptor
                 .accept(tcp)
                 .await
                 .map_err(|e| TransportError::Tls(e.to_string()))?;
-            let ws = tokio_tungstenite::accept_async(stream)
-                .await
-                .map_err(|e| TransportError::WebSocket(e.to_string()))?;
-            Box::new(WsIo::new(ws))
+            Box::new(ws_accept(stream, up.web.as_deref()).await?)
         }
     };
     Ok(RawConnection {
@@ -349,6 +356,25 @@ pub async fn accept_upgrade(
         local_addr,
         remote_addr,
     })
+}
+
+/// The server side of the WebSocket handshake; with a web root, plain HTTP `GET`s on
+/// the same port are answered with its files instead.
+async fn ws_accept<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    web: Option<&crate::web::WebRoot>,
+) -> Result<WsIo<crate::web::Prefixed<S>>, TransportError> {
+    let head = match web {
+        None => Vec::new(),
+        Some(root) => match crate::web::peek_and_serve(&mut stream, root).await? {
+            crate::web::Peeked::WebSocket(head) => head,
+            crate::web::Peeked::Served => return Err(TransportError::ServedHttp),
+        },
+    };
+    let ws = tokio_tungstenite::accept_async(crate::web::Prefixed::new(head, stream))
+        .await
+        .map_err(|e| TransportError::WebSocket(e.to_string()))?;
+    Ok(WsIo::new(ws))
 }
 
 /// Adds what to do to the TLS errors people meet when testing with their own certificates.

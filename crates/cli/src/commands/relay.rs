@@ -66,6 +66,11 @@ pub struct Args {
     /// AutoNAT: also dial back requesters seen at private addresses (LANs, test beds).
     #[arg(long)]
     autonat_allow_private: bool,
+    /// Serve a demo page on the WebSocket port(s) (plain HTTP GET; the same port still
+    /// takes libp2p over WebSocket): js-libp2p in the browser reserves on this relay,
+    /// shows its relay address, and pings or chats with any peer address.
+    #[arg(long)]
+    web: bool,
     /// Reservation lifetime, seconds [default: 3600].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     reservation_ttl: Option<u64>,
@@ -155,6 +160,7 @@ impl Args {
         }
         f.advertise |= self.advertise;
         f.autonat_allow_private |= self.autonat_allow_private;
+        f.web |= self.web;
         if self.tls_cert.is_some() {
             f.tls_cert = self.tls_cert.clone();
             f.tls_key = self.tls_key.clone();
@@ -230,6 +236,8 @@ pub async fn run(a: Args, out: Output) -> anyhow::Result<ExitCode> {
         (None, None) => {}
         _ => anyhow::bail!("tls_cert and tls_key go together: give both or neither"),
     }
+    let web_root = cfg.web.then(crate::web::demo_root);
+    node_config.web = web_root.clone();
     let node = Node::new(keypair, node_config);
     let defaults = cfg.listen.is_empty();
     for addr in cfg.listen_addrs() {
@@ -274,6 +282,23 @@ pub async fn run(a: Args, out: Output) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|x| node.full_addr(x).to_string())
         .collect();
+    if let Some(root) = &web_root {
+        // The page learns the relay's own addresses from here.
+        let info = json!({"peer_id": node.peer_id().to_string(), "addrs": addrs});
+        root.set("/relay.json", info.to_string().into_bytes());
+        for a in node
+            .listen_addrs()
+            .iter()
+            .filter(|a| a.to_string().contains("/ws"))
+        {
+            if let Some(port) = a.iter().find_map(|p| match p {
+                multiaddr::Protocol::Tcp(p) => Some(p),
+                _ => None,
+            }) {
+                eprintln!("demo page on http://localhost:{port}/");
+            }
+        }
+    }
     let metrics_addr = match cfg.metrics {
         Some(at) => Some(start_http(at, &node, &relay, addrs.clone()).await?),
         None => None,
