@@ -368,7 +368,7 @@ impl Report {
             ] {
                 if let (Some(d), Some(_)) = (direct(dkey), self.fig(Kind::Ours, key)) {
                     s += &format!("\nRelayed / direct ({what}):");
-                    for (k, _) in &self.relays {
+                    for k in self.relays.keys() {
                         s += &format!(" {} {};", k.name(), fmt(self.fig(*k, key).map(|v| v / d)));
                     }
                     s.pop();

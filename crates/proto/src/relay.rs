@@ -410,7 +410,12 @@ mod tests {
         }
         .sign(&relay_key)
         .unwrap();
-        let msg = hop_reserve_ok(2000, &[addr.clone()], Some(voucher), Limit::GO_DEFAULT);
+        let msg = hop_reserve_ok(
+            2000,
+            std::slice::from_ref(&addr),
+            Some(voucher),
+            Limit::GO_DEFAULT,
+        );
         let g = parse_reserve_response(&msg, &relay, &me, 1000).unwrap();
         assert_eq!(g.expire, 2000);
         assert_eq!(g.addrs, vec![circuit_wire::addr::with_p2p(addr, relay)]);
