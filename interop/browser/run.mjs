@@ -6,6 +6,10 @@
 //
 //   run.mjs [--circuit BIN] [--relay-ws ADDR --relay-tcp ADDR --target ADDR]
 //           [--bytes N] [--artifacts DIR] [--chromium PATH]
+//   run.mjs --demo URL [--circuit BIN] [--artifacts DIR] [--chromium PATH]
+//
+// --demo checks the demo page served by `circuit relay --web` at URL instead
+// (see demoMain below).
 //
 // With --relay-ws/--relay-tcp/--target the relay and the TCP-only listener
 // (`circuit listen --relay <tcp addr> --echo`) are already running (the Rust
@@ -76,7 +80,7 @@ function log (...args) {
 }
 
 function parseArgs (argv) {
-  const known = ['circuit', 'relay-ws', 'relay-tcp', 'target', 'bytes', 'artifacts', 'chromium']
+  const known = ['circuit', 'relay-ws', 'relay-tcp', 'target', 'bytes', 'artifacts', 'chromium', 'demo']
   const flags = {}
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
@@ -91,6 +95,9 @@ function parseArgs (argv) {
     flags[name] = value
   }
   const given = ['relay-ws', 'relay-tcp', 'target'].filter(k => flags[k] != null)
+  if (flags.demo != null && (given.length !== 0 || flags.bytes != null)) {
+    throw new StepError('usage', '--demo goes without --relay-ws/--relay-tcp/--target/--bytes')
+  }
   if (given.length !== 0 && given.length !== 3) {
     throw new StepError('usage', '--relay-ws, --relay-tcp and --target go together (or none, to start them here)')
   }
@@ -108,7 +115,8 @@ function parseArgs (argv) {
     target: flags.target,
     bytes,
     artifacts: flags.artifacts ?? join(repo, 'test-artifacts'),
-    chromium: flags.chromium ?? process.env.CHROMIUM ?? '/usr/bin/chromium'
+    chromium: flags.chromium ?? process.env.CHROMIUM ?? '/usr/bin/chromium',
+    demo: flags.demo
   }
 }
 
@@ -469,6 +477,190 @@ async function pollPage (page, pred) {
   }
 }
 
+// ------------------------------------------------------------ demo page ----
+
+/** Text of the first element matching `selector` in the page ('' if none). */
+function pageText (page, selector) {
+  return page.evaluate((sel) => document.querySelector(sel)?.innerText ?? '', selector)
+}
+
+/** Wait until the page's `selector` text satisfies `pred` (returns its value). */
+async function waitPage (page, what, selector, pred, ms = STEP_TIMEOUT_MS) {
+  const deadline = Date.now() + ms
+  let text = ''
+  for (;;) {
+    text = await pageText(page, selector)
+    const v = pred(text)
+    if (v !== undefined && v !== false && v !== null) {
+      return v
+    }
+    if (Date.now() > deadline) {
+      const all = await pageText(page, 'body').catch(() => '')
+      throw new Error(`timed out after ${ms} ms waiting for ${what}; page text:\n${all}`)
+    }
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
+}
+
+/**
+ * --demo URL: the demo page served by `circuit relay --web` at URL.
+ *   1. relay.json lists the relay's addresses (a TCP one and a /ws one);
+ *   2. a TCP-only `circuit listen --echo` reserves on that relay;
+ *   3. Chromium loads URL; the page finds the relay on its own, reserves and
+ *      shows a /p2p-circuit address (with the relay's /ws address);
+ *   4. `circuit ping <relay tcp>/p2p-circuit/p2p/<page>` gets 3 pongs;
+ *   5. `circuit dial` to the same address chats: a line from the terminal
+ *      shows up in the page, a line typed in the page comes out of dial;
+ *   6. the page pings the TCP-only listener through the relay (RTTs shown);
+ *   7. screenshot to <artifacts>/demo-page.png, and the page text is checked.
+ */
+async function demoMain () {
+  const opts = parseArgs(process.argv.slice(2))
+  const result = { ok: false, mode: 'demo' }
+  const scratch = await mkdtemp(join(tmpdir(), 'circuit-demo-test-'))
+  let browser = null
+  try {
+    const base = new URL(opts.demo)
+    const info = await step(`fetch ${new URL('relay.json', base)}`, async () => {
+      const res = await fetch(new URL('relay.json', base))
+      check(res.ok, 'relay.json', `HTTP ${res.status}`)
+      check((res.headers.get('content-type') ?? '').includes('json'), 'relay.json', `content-type ${res.headers.get('content-type')}`)
+      const j = await res.json()
+      check(typeof j.peer_id === 'string' && Array.isArray(j.addrs), 'relay.json', `unexpected shape: ${JSON.stringify(j)}`)
+      check(j.addrs.every(a => a.endsWith(`/p2p/${j.peer_id}`)), 'relay.json', `addresses must end with /p2p/<peer_id>: ${JSON.stringify(j)}`)
+      return j
+    })
+    const relayTcp = info.addrs.find(a => /^\/ip4\/[^/]+\/tcp\/\d+\/p2p\//.test(a))
+    const relayWs = info.addrs.find(a => a.includes('/ws/p2p/') && !a.includes('/tls/'))
+    check(relayTcp != null && relayWs != null, 'relay.json', `need a TCP and a /ws address: ${JSON.stringify(info.addrs)}`)
+    result.relay = info.peer_id
+
+    const env = { XDG_DATA_HOME: join(scratch, 'data') }
+    const listener = startProcess('circuit listen', opts.circuit, ['listen', '--relay', relayTcp, '--echo', '--json'], { env })
+    const target = await step('TCP-only listener reserves on the relay', () => waitFor('the listener to reserve', () => {
+      const ev = parseJsonLines(listener.err).find(e => e.event === 'reserved')
+      return ev?.addrs?.find(a => a.startsWith(relayWs + '/'))
+    }, STEP_TIMEOUT_MS))
+
+    browser = await step(`launch ${opts.chromium}`, () => puppeteer.launch({
+      executablePath: opts.chromium,
+      headless: true,
+      userDataDir: join(scratch, 'chromium-profile'),
+      args: [...CHROMIUM_FLAGS, '--window-size=1100,900'],
+      defaultViewport: { width: 1100, height: 900 },
+      timeout: STEP_TIMEOUT_MS
+    }))
+    result.chromium = await browser.version()
+    const page = await browser.newPage()
+    const pageErrors = []
+    page.on('console', (msg) => {
+      if (msg.type() !== 'debug') {
+        log(`console.${msg.type()}: ${msg.text()}`)
+      }
+    })
+    page.on('pageerror', (err) => {
+      pageErrors.push(String(err))
+      log(`page error: ${err}`)
+    })
+    page.on('requestfailed', (req) => log(`request failed: ${req.url()} ${req.failure()?.errorText ?? ''}`))
+    page.setDefaultTimeout(STEP_TIMEOUT_MS)
+
+    const ownAddr = await step(`load ${base} and wait for a /p2p-circuit/ address`, async () => {
+      const res = await page.goto(base.toString(), { waitUntil: 'load' })
+      check(res?.status() === 200, 'load page', `HTTP ${res?.status()}`)
+      return waitPage(page, 'the page to show its /p2p-circuit/ address', '#own-addr',
+        (t) => /^\/\S+\/p2p-circuit\/p2p\/\S+$/.test(t.trim()) ? t.trim() : undefined)
+    })
+    const pagePeer = ownAddr.split('/p2p/').pop()
+    result.pagePeer = pagePeer
+    result.pageAddr = ownAddr
+    check(ownAddr.startsWith(relayWs + '/p2p-circuit/'), 'page address', `expected it through ${relayWs}, got ${ownAddr}`)
+    check((await pageText(page, '#peer-id')).trim() === pagePeer, 'page address', 'shown PeerId differs from the address')
+    result.libp2p = (await pageText(page, '#versions')).replace(/^js-libp2p /, '').trim()
+    log(`page ${pagePeer} shows ${ownAddr}`)
+
+    // The TCP-only side reaches the page through the relay's TCP address.
+    const viaTcp = `${relayTcp}/p2p-circuit/p2p/${pagePeer}`
+    result.pingToPage = await step('circuit ping -> page (TCP only)', async () => {
+      const p = startProcess('circuit ping', opts.circuit, ['ping', viaTcp, '-c', '3', '-i', '0.2', '--json'])
+      const code = await waitExit(p, STEP_TIMEOUT_MS)
+      const events = parseJsonLines(p.out)
+      const pongs = events.filter(e => e.event === 'pong').map(e => e.rtt_ms)
+      check(code === 0 && pongs.length === 3, 'circuit ping -> page (TCP only)',
+        `exit ${code}, ${pongs.length} pongs; stdout:\n${p.out.join('\n')}\nstderr:\n${p.err.join('\n')}`)
+      const connected = events.find(e => e.event === 'connected')
+      check(connected?.peer === pagePeer && connected?.relayed === true, 'circuit ping -> page (TCP only)',
+        `did not reach the page through the relay: ${JSON.stringify(connected)}`)
+      return pongs
+    })
+    log(`circuit ping -> page RTTs (ms): ${result.pingToPage.map(r => r.toFixed(3)).join(' ')}`)
+
+    await step('chat: circuit dial <-> page', async () => {
+      const p = startProcess('circuit dial', opts.circuit, ['dial', viaTcp], { stdin: true })
+      p.child.stdin.write('hello from a terminal\n')
+      await waitPage(page, 'the terminal line in the page', '#chats', (t) => t.includes('hello from a terminal'))
+      await page.type('#chats .chat input[type=text]', 'hello from the browser')
+      await page.keyboard.press('Enter')
+      await waitFor('the page line on dial\'s stdout', () =>
+        Buffer.concat(p.stdoutChunks).toString().includes('hello from the browser\n') ? true : undefined, STEP_TIMEOUT_MS)
+      p.child.stdin.end()
+      await waitPage(page, 'the page to see the end of the terminal\'s side', '#chats', (t) => t.includes('finished sending'))
+      await page.click('#chats .chat header button')
+      const code = await waitExit(p, STEP_TIMEOUT_MS)
+      check(code === 0, 'chat: circuit dial <-> page', `dial exit ${code}; stderr:\n${p.err.join('\n')}`)
+      check(Buffer.concat(p.stdoutChunks).toString() === 'hello from the browser\n', 'chat: circuit dial <-> page',
+        `dial received ${JSON.stringify(Buffer.concat(p.stdoutChunks).toString())}`)
+    })
+
+    result.pingFromPage = await step('page pings the TCP-only listener', async () => {
+      await page.type('#peer-addr', target)
+      await page.click('#ping')
+      const text = await waitPage(page, 'the ping summary', '#pings', (t) => t.includes('pongs: min') ? t : undefined)
+      const rtts = [...text.matchAll(/pong \d+: ([\d.]+) ms/g)].map(m => Number(m[1]))
+      check(rtts.length === 5, 'page pings the TCP-only listener', `expected 5 RTTs:\n${text}`)
+      return rtts
+    })
+    log(`page -> relay -> TCP peer RTTs (ms): ${result.pingFromPage.join(' ')}`)
+
+    await step('screenshot', async () => {
+      await mkdir(opts.artifacts, { recursive: true })
+      result.screenshot = join(opts.artifacts, 'demo-page.png')
+      await page.evaluate(() => window.scrollTo(0, 0))
+      await page.screenshot({ path: result.screenshot, fullPage: true })
+    })
+
+    await step('page text', async () => {
+      const body = await pageText(page, 'body')
+      for (const want of [ownAddr, 'connected to the relay over WebSocket', 'reserved: this page is reachable',
+        'hello from a terminal', 'you: hello from the browser', '5 pongs', relayWs]) {
+        check(body.includes(want), 'page text', `missing ${JSON.stringify(want)} in:\n${body}`)
+      }
+      const errors = await page.evaluate(() => [...document.querySelectorAll('.error')].filter(e => !e.hidden).map(e => e.innerText))
+      check(errors.length === 0, 'page text', `the page shows errors: ${errors.join('; ')}`)
+      check(pageErrors.length === 0, 'page errors', pageErrors.join('\n'))
+    })
+    result.ok = true
+  } finally {
+    if (browser != null) {
+      await browser.close().catch(err => log(`closing chromium: ${err}`))
+    }
+    for (const c of children) {
+      if (c.exitCode == null) {
+        c.kill('SIGTERM')
+      }
+    }
+    await rm(scratch, { recursive: true, force: true }).catch(() => {})
+    if (result.ok) {
+      log('PASS (demo page)')
+      log(`  Chromium: ${result.chromium}; js-libp2p ${result.libp2p}`)
+      log(`  page -> relay (WS) -> TCP peer ping RTT ms: ${result.pingFromPage.join(' ')}`)
+      log(`  TCP peer -> relay -> page ping RTT ms: ${result.pingToPage.map(r => r.toFixed(3)).join(' ')}`)
+      log(`  screenshot: ${result.screenshot}`)
+      process.stdout.write('RESULT ' + JSON.stringify(result) + '\n')
+    }
+  }
+}
+
 const overall = setTimeout(() => {
   console.error(`FAIL timeout: the browser test did not finish within ${RUN_TIMEOUT_MS / 1000} s`)
   for (const c of children) {
@@ -478,7 +670,8 @@ const overall = setTimeout(() => {
 }, RUN_TIMEOUT_MS)
 overall.unref()
 
-main().then(() => {
+const run = process.argv.includes('--demo') ? demoMain : main
+run().then(() => {
   process.exit(0)
 }, (err) => {
   const where = err instanceof StepError ? err.step : 'unexpected error'
