@@ -287,6 +287,25 @@ impl Relay {
         }
     }
 
+    /// Refuses a CONNECT: counts it (stats and metrics), logs why once, answers `status`.
+    async fn refuse_circuit(
+        &self,
+        stream: &mut Stream,
+        src_conn: &Connection,
+        target: &PeerId,
+        reason: &'static str,
+        status: Status,
+        detail: &str,
+    ) {
+        self.inner
+            .stats
+            .circuits_refused
+            .fetch_add(1, Ordering::Relaxed);
+        self.refused(Request::Connect, reason, status, src_conn);
+        tracing::info!(src = %src_conn.peer(), %target, reason, detail, "circuit refused");
+        self.refuse(stream, status).await;
+    }
+
     async fn refuse(&self, stream: &mut Stream, status: Status) {
         let _ = tokio::time::timeout(
             Duration::from_secs(5),
@@ -381,13 +400,15 @@ impl Relay {
                 TableError::CircuitsPerPeer => (Status::ResourceLimitExceeded, "circuits_per_peer"),
                 _ => (Status::ResourceLimitExceeded, "circuits_full"),
             };
-            self.refused(Request::Connect, reason, status, src_conn);
-            self.inner
-                .stats
-                .circuits_refused
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(%src, %target, reason = %e, "circuit refused");
-            self.refuse(&mut src_stream, status).await;
+            self.refuse_circuit(
+                &mut src_stream,
+                src_conn,
+                &target,
+                reason,
+                status,
+                &e.to_string(),
+            )
+            .await;
             return;
         }
         // From here on the circuit is counted: release it on every path.
@@ -402,18 +423,16 @@ impl Relay {
             .into_iter()
             .find(|c| !c.info().relayed)
         else {
-            self.inner
-                .stats
-                .circuits_refused
-                .fetch_add(1, Ordering::Relaxed);
-            self.refused(
-                Request::Connect,
+            let why = "target has a reservation but no live connection";
+            self.refuse_circuit(
+                &mut src_stream,
+                src_conn,
+                &target,
                 "target_not_connected",
                 Status::ConnectionFailed,
-                src_conn,
-            );
-            tracing::info!(%src, %target, "circuit refused: target has a reservation but no live connection");
-            self.refuse(&mut src_stream, Status::ConnectionFailed).await;
+                why,
+            )
+            .await;
             return;
         };
         let stop = async {
@@ -433,33 +452,29 @@ impl Relay {
         let dst_stream = match tokio::time::timeout(cfg.connect_timeout, stop).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                self.inner
-                    .stats
-                    .circuits_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                self.refused(
-                    Request::Connect,
+                let why = format!("target refused or stop protocol failed: {e}");
+                self.refuse_circuit(
+                    &mut src_stream,
+                    src_conn,
+                    &target,
                     "target_refused",
                     Status::ConnectionFailed,
-                    src_conn,
-                );
-                tracing::info!(%src, %target, error = %e, "circuit failed: target refused or stop protocol failed");
-                self.refuse(&mut src_stream, Status::ConnectionFailed).await;
+                    &why,
+                )
+                .await;
                 return;
             }
             Err(_) => {
-                self.inner
-                    .stats
-                    .circuits_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                self.refused(
-                    Request::Connect,
+                let why = "target did not answer in time";
+                self.refuse_circuit(
+                    &mut src_stream,
+                    src_conn,
+                    &target,
                     "target_timeout",
                     Status::ConnectionFailed,
-                    src_conn,
-                );
-                tracing::info!(%src, %target, "circuit failed: target did not answer in time");
-                self.refuse(&mut src_stream, Status::ConnectionFailed).await;
+                    why,
+                )
+                .await;
                 return;
             }
         };
