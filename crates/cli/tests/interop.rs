@@ -5,19 +5,14 @@
 //! js: npm ci in interop/js). Without them these tests fail under `CI=true` and are
 //! skipped (with a note saying what to run) otherwise.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::channel;
+use std::time::Duration;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn circuit() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_circuit"))
-}
+mod common;
+use common::{circuit, root, Proc};
 
 fn require(path: PathBuf, what: &str) -> Option<PathBuf> {
     if path.exists() {
@@ -58,131 +53,6 @@ fn js_v1_peer() -> Option<PathBuf> {
         "js-libp2p 0.42 (relay v1) test peer",
     )?;
     Some(root().join("interop/js-v1/run-peer.sh"))
-}
-
-/// A child process whose stdout and stderr lines are collected; killed on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: Receiver<(bool, String)>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(name: &str, program: &PathBuf, args: &[&str]) -> Proc {
-        Self::spawn_with_stdin(name, program, args, None)
-    }
-
-    fn spawn_with_stdin(
-        name: &str,
-        program: &PathBuf,
-        args: &[&str],
-        stdin: Option<Vec<u8>>,
-    ) -> Proc {
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            });
-        cmd.env(
-            "XDG_DATA_HOME",
-            std::env::temp_dir().join(format!("circuit-interop-{}", std::process::id())),
-        );
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name} ({}): {e}", program.display()));
-        if let Some(data) = stdin {
-            let mut si = child.stdin.take().unwrap();
-            std::thread::spawn(move || {
-                let _ = si.write_all(&data);
-            });
-        }
-        let (tx, rx) = channel();
-        let out = child.stdout.take().unwrap();
-        let err = child.stderr.take().unwrap();
-        let tx2 = tx.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send((true, l));
-            }
-        });
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx2.send((false, l));
-            }
-        });
-        Proc {
-            name: name.to_string(),
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line (stdout, or stderr when `stderr`) starting with `prefix`; returns the rest.
-    fn expect(&mut self, prefix: &str, stderr: bool, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok((is_out, line)) => {
-                    self.seen
-                        .push(format!("{}{line}", if is_out { "out: " } else { "err: " }));
-                    if is_out != stderr && line.starts_with(prefix) {
-                        return line[prefix.len()..].trim().to_string();
-                    }
-                }
-                Err(_) => panic!(
-                    "{}: no line starting with {prefix:?} within {timeout:?}; saw:\n{}",
-                    self.name,
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// Waits for exit; returns the status code and all stdout lines.
-    fn finish(mut self, timeout: Duration) -> (i32, Vec<String>) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
-                while let Ok((is_out, l)) = self.lines.try_recv() {
-                    self.seen
-                        .push(format!("{}{l}", if is_out { "out: " } else { "err: " }));
-                }
-                let out = self
-                    .seen
-                    .iter()
-                    .filter_map(|l| l.strip_prefix("out: ").map(str::to_string))
-                    .collect();
-                return (st.code().unwrap_or(-1), out);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                while let Ok((_, l)) = self.lines.try_recv() {
-                    self.seen.push(l);
-                }
-                panic!(
-                    "{} did not finish within {timeout:?}; saw:\n{}",
-                    self.name,
-                    self.seen.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 const T: Duration = Duration::from_secs(60);

@@ -2,126 +2,15 @@
 //! the config file, `/metrics` against the dashboard in `deploy/`, the status
 //! page, SIGHUP reload without dropping circuits, graceful shutdown on SIGTERM.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-fn circuit() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_circuit"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    std::env::temp_dir().join(format!("circuit-ops-{}-{nanos}-{name}", std::process::id()))
-}
-
-/// A child process whose stdout and stderr lines are collected; killed on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: Receiver<(bool, String)>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(name: &str, args: &[&str]) -> Proc {
-        let mut cmd = Command::new(circuit());
-        cmd.args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null());
-        cmd.env("XDG_DATA_HOME", tmp("data"));
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        let (tx, rx) = channel();
-        let out = child.stdout.take().unwrap();
-        let err = child.stderr.take().unwrap();
-        let tx2 = tx.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send((true, l));
-            }
-        });
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx2.send((false, l));
-            }
-        });
-        Proc {
-            name: name.to_string(),
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line (stdout, or stderr when `stderr`) containing `needle`; returns it.
-    fn expect(&mut self, needle: &str, stderr: bool, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok((is_out, line)) => {
-                    self.seen
-                        .push(format!("{}{line}", if is_out { "out: " } else { "err: " }));
-                    if is_out != stderr && line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "{}: no line containing {needle:?} within {timeout:?}; saw:\n{}",
-                    self.name,
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success(), "kill -{sig} failed");
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// Waits for exit; returns the exit code.
-    fn wait(&mut self, timeout: Duration) -> i32 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code().unwrap_or(-1);
-            }
-            if Instant::now() > deadline {
-                while let Ok((_, l)) = self.lines.try_recv() {
-                    self.seen.push(l);
-                }
-                panic!(
-                    "{} did not exit within {timeout:?}; saw:\n{}",
-                    self.name,
-                    self.seen.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::{circuit, tmp, Proc};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -146,8 +35,8 @@ fn relay(extra: &[&str]) -> Relay {
     if !extra.contains(&"--listen") && !extra.contains(&"--config") {
         args.extend_from_slice(&["--listen", "/ip4/127.0.0.1/tcp/0"]);
     }
-    let mut proc = Proc::spawn("circuit relay", &args);
-    let line = proc.expect("\"listening\"", false, T);
+    let mut proc = Proc::spawn("circuit relay", &circuit(), &args);
+    let line = proc.expect_line("\"listening\"", false, T);
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     let peer_id = v["peer_id"].as_str().unwrap().to_string();
     let tcp = v["addrs"]
@@ -207,9 +96,10 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 fn listener(relay_tcp: &str) -> (Proc, String) {
     let mut p = Proc::spawn(
         "circuit listen",
+        &circuit(),
         &["--json", "listen", "--relay", relay_tcp, "--echo"],
     );
-    let line = p.expect("\"reserved\"", true, T);
+    let line = p.expect_line("\"reserved\"", true, T);
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     let addr = v["addrs"][0].as_str().unwrap().to_string();
     assert!(addr.contains("/p2p-circuit/p2p/"), "{addr}");
@@ -518,7 +408,7 @@ fn sighup_applies_a_new_acl_without_dropping_open_circuits() {
     )
     .unwrap();
     r.proc.signal("HUP");
-    r.proc.expect("config reloaded", true, T);
+    r.proc.expect_line("config reloaded", true, T);
 
     // The open circuit goes on under the new config...
     dial.echo(b"after the reload\n");
@@ -553,7 +443,7 @@ fn sighup_applies_a_new_acl_without_dropping_open_circuits() {
     // A broken file is refused and the running config stays.
     std::fs::write(&cfg, format!("{base}\n[limits]\nmax_circuits = \"many\"\n")).unwrap();
     r.proc.signal("HUP");
-    r.proc.expect("config not reloaded", true, T);
+    r.proc.expect_line("config not reloaded", true, T);
     assert!(r.proc.running());
     let _ = std::fs::remove_file(cfg);
     let _ = std::fs::remove_file(key);
@@ -569,7 +459,7 @@ fn sigterm_drains_open_circuits_exits_zero_and_clients_come_back_after_a_restart
     dial.echo(b"hello before SIGTERM\n");
 
     r.proc.signal("TERM");
-    r.proc.expect("stopped accepting; draining", true, T);
+    r.proc.expect_line("stopped accepting; draining", true, T);
     // Not accepting any more: the TCP port is closed.
     let port = r.tcp.split('/').nth(4).unwrap().to_string();
     wait_for("the listener to close", Duration::from_secs(5), || {
@@ -591,7 +481,7 @@ fn sigterm_drains_open_circuits_exits_zero_and_clients_come_back_after_a_restart
     let listen = format!("/ip4/127.0.0.1/tcp/{port}");
     let r2 = relay(&["--identity", &key_s, "--listen", &listen]);
     assert_eq!(r2.peer_id, r.peer_id);
-    l.expect("\"reserved\"", true, T);
+    l.expect_line("\"reserved\"", true, T);
     let mut dial = Dial::open(&circuit_addr);
     dial.echo(b"hello after the restart\n");
     assert_eq!(dial.finish(), 0);
