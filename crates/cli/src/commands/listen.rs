@@ -43,6 +43,10 @@ pub struct Args {
     /// Act as private without asking AutoNAT (a host known to be unreachable).
     #[arg(long, requires = "autorelay")]
     force_private: bool,
+    /// Stay connected to this peer (`…/p2p/<id>`; repeatable, redialed when lost): it
+    /// learns our relay addresses by identify push as they change.
+    #[arg(long, value_name = "ADDR")]
+    peer: Vec<Multiaddr>,
     /// Identity key file [default: <data dir>/circuit/peer.key, created on first run].
     #[arg(long, value_name = "FILE")]
     identity: Option<PathBuf>,
@@ -138,17 +142,46 @@ pub async fn run(a: Args, out: Output) -> anyhow::Result<ExitCode> {
     let me = node.clone();
     tokio::spawn(async move {
         while let Ok(e) = events.recv().await {
-            if let NodeEvent::ConnectionEstablished(info) = e {
-                if info.relayed && info.direction == circuit_net::Direction::Inbound {
-                    out.event(
-                        format!("relayed connection from {} via {}", info.peer, info.remote_addr),
-                        ev("inbound", json!({"peer": info.peer.to_string(), "remote_addr": info.remote_addr.to_string()})),
+            match e {
+                NodeEvent::ConnectionEstablished(info) => {
+                    if info.relayed && info.direction == circuit_net::Direction::Inbound {
+                        out.event(
+                            format!("relayed connection from {} via {}", info.peer, info.remote_addr),
+                            ev("inbound", json!({"peer": info.peer.to_string(), "remote_addr": info.remote_addr.to_string()})),
+                        );
+                    }
+                }
+                // What peers tell us of themselves (identify and identify push), for scripts.
+                NodeEvent::Identified { peer, info } if out.json => {
+                    let addrs: Vec<String> =
+                        info.listen_addrs.iter().map(|a| a.to_string()).collect();
+                    eprintln!(
+                        "{}",
+                        ev(
+                            "identified",
+                            json!({"peer": peer.to_string(), "listen_addrs": addrs, "protocols": info.protocols})
+                        )
                     );
                 }
+                _ => {}
             }
         }
         drop(me);
     });
+    for p in a.peer.clone() {
+        let node = node.clone();
+        tokio::spawn(async move {
+            loop {
+                match node.dial(&p).await {
+                    Ok(conn) => conn.closed().await,
+                    Err(e) => {
+                        tracing::warn!(peer = %p, error = %e, "cannot reach --peer; retrying")
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+        });
+    }
     tokio::signal::ctrl_c().await.ok();
     drop(kept);
     Ok(ExitCode::SUCCESS)
