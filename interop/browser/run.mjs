@@ -511,7 +511,8 @@ async function waitPage (page, what, selector, pred, ms = STEP_TIMEOUT_MS) {
  *   4. `circuit ping <relay tcp>/p2p-circuit/p2p/<page>` gets 3 pongs;
  *   5. `circuit dial` to the same address chats: a line from the terminal
  *      shows up in the page, a line typed in the page comes out of dial;
- *   6. the page pings the TCP-only listener through the relay (RTTs shown);
+ *   6. a non-address and a peer without reservation give plain-words errors;
+ *      then the page pings the TCP-only listener through the relay (RTTs shown);
  *   7. screenshot to <artifacts>/demo-page.png, and the page text is checked.
  */
 async function demoMain () {
@@ -611,6 +612,23 @@ async function demoMain () {
       check(Buffer.concat(p.stdoutChunks).toString() === 'hello from the browser\n', 'chat: circuit dial <-> page',
         `dial received ${JSON.stringify(Buffer.concat(p.stdoutChunks).toString())}`)
     })
+
+    result.errorsShown = await step('plain-words errors', async () => {
+      const shown = []
+      // Not an address at all, then a well-formed address of a peer that has
+      // no reservation on the relay (the relay answers NO_RESERVATION).
+      const nobody = `${relayWs}/p2p-circuit/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA`
+      for (const [input, want] of [['hello relay', 'not a libp2p address'], [nobody, 'no reservation for that peer']]) {
+        await page.$eval('#peer-addr', (el, v) => { el.value = v }, input)
+        await page.click('#ping')
+        const text = await waitPage(page, `an error for ${JSON.stringify(input)}`, '#reach-error',
+          (t) => t.includes(want) ? t : undefined)
+        shown.push(text)
+      }
+      await page.$eval('#peer-addr', (el) => { el.value = '' })
+      return shown
+    })
+    log(`errors shown: ${result.errorsShown.join(' / ')}`)
 
     result.pingFromPage = await step('page pings the TCP-only listener', async () => {
       await page.type('#peer-addr', target)

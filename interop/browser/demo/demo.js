@@ -47,6 +47,8 @@ let relayId = null
 let reconnectTimer = null
 let reconnectDelay = RECONNECT_MIN_MS
 let reconnecting = false
+/** True while reconnectNow() restarts the node (its own disconnect is expected). */
+let restarting = false
 
 // ---------------------------------------------------------------- display --
 
@@ -107,6 +109,10 @@ function explain (err) {
   }
   if (name === 'LimitedConnectionError') {
     return 'the relayed connection is limited and does not allow this protocol'
+  }
+  if (name === 'UnsupportedListenAddressesError' || /failed to be listened on/.test(msg)) {
+    // Listening on <relay>/p2p-circuit failed: the relay did not answer.
+    return 'the relay did not answer over WebSocket (is it running and reachable from this browser?)'
   }
   if (/WebSocket|ECONNREFUSED|Could not connect/i.test(msg)) {
     return `could not open the WebSocket connection (${msg})`
@@ -222,7 +228,7 @@ function showOwnAddrs () {
     $('own-addr').textContent = 'no relay address right now (waiting for the reservation)'
     $('copy').disabled = true
     $('others-box').hidden = true
-    status('st-resv', reconnecting ? 'wait' : 'bad', 'none: the relay did not give this page an address')
+    status('st-resv', reconnecting ? 'wait' : 'bad', reconnecting ? 'none while not connected to the relay' : 'none: the relay did not give this page an address')
     return
   }
   $('own-addr').textContent = main
@@ -259,7 +265,7 @@ async function createNode () {
     }
   })
   node.addEventListener('peer:disconnect', (evt) => {
-    if (String(evt.detail) === relayId) {
+    if (String(evt.detail) === relayId && !restarting) {
       status('st-conn', 'bad', 'connection to the relay lost')
       status('st-resv', 'bad', 'lost with the connection')
       log('connection to the relay lost')
@@ -314,8 +320,12 @@ function scheduleReconnect () {
 }
 
 async function reconnectNow () {
+  if (restarting) {
+    return
+  }
   clearTimeout(reconnectTimer)
   reconnectTimer = null
+  restarting = true
   try {
     // Restarting the node listens on <relay>/p2p-circuit again (same PeerId),
     // which reserves anew.
@@ -325,6 +335,8 @@ async function reconnectNow () {
     log(`reconnect failed: ${explain(err)}`)
     showError('status-error', `Could not reconnect to the relay: ${explain(err)}`)
     scheduleReconnect()
+  } finally {
+    restarting = false
   }
 }
 
