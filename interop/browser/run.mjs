@@ -6,7 +6,7 @@
 //
 //   run.mjs [--circuit BIN] [--relay-ws ADDR --relay-tcp ADDR --target ADDR]
 //           [--bytes N] [--artifacts DIR] [--chromium PATH]
-//   run.mjs --demo URL [--circuit BIN] [--artifacts DIR] [--chromium PATH]
+//   run.mjs --demo URL [--trust CERT.pem] [--circuit BIN] [--artifacts DIR] [--chromium PATH]
 //
 // --demo checks the demo page served by `circuit relay --web` at URL instead
 // (see demoMain below).
@@ -31,10 +31,11 @@
 // crates/cli/tests/browser.rs).
 
 import { spawn } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
+import { X509Certificate, createHash, randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { mkdtemp, mkdir, readFile, rm } from 'node:fs/promises'
-import { createServer } from 'node:http'
+import { createServer, get as httpGet } from 'node:http'
+import { get as httpsGet } from 'node:https'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -80,7 +81,7 @@ function log (...args) {
 }
 
 function parseArgs (argv) {
-  const known = ['circuit', 'relay-ws', 'relay-tcp', 'target', 'bytes', 'artifacts', 'chromium', 'demo']
+  const known = ['circuit', 'relay-ws', 'relay-tcp', 'target', 'bytes', 'artifacts', 'chromium', 'demo', 'trust']
   const flags = {}
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
@@ -95,6 +96,9 @@ function parseArgs (argv) {
     flags[name] = value
   }
   const given = ['relay-ws', 'relay-tcp', 'target'].filter(k => flags[k] != null)
+  if (flags.trust != null && flags.demo == null) {
+    throw new StepError('usage', '--trust goes with --demo https://…')
+  }
   if (flags.demo != null && (given.length !== 0 || flags.bytes != null)) {
     throw new StepError('usage', '--demo goes without --relay-ws/--relay-tcp/--target/--bytes')
   }
@@ -116,7 +120,8 @@ function parseArgs (argv) {
     bytes,
     artifacts: flags.artifacts ?? join(repo, 'test-artifacts'),
     chromium: flags.chromium ?? process.env.CHROMIUM ?? '/usr/bin/chromium',
-    demo: flags.demo
+    demo: flags.demo,
+    trust: flags.trust
   }
 }
 
@@ -479,6 +484,27 @@ async function pollPage (page, pred) {
 
 // ------------------------------------------------------------ demo page ----
 
+/** GET `url` (http or https, trusting `ca` if given): { status, type, body }. */
+function getUrl (url, ca) {
+  return new Promise((resolve, reject) => {
+    const get = url.protocol === 'https:' ? httpsGet : httpGet
+    const req = get(url, ca != null ? { ca } : {}, (res) => {
+      const chunks = []
+      res.on('data', (c) => chunks.push(c))
+      res.on('end', () => resolve({ status: res.statusCode, type: res.headers['content-type'], body: Buffer.concat(chunks).toString() }))
+      res.on('error', reject)
+    })
+    req.setTimeout(STEP_TIMEOUT_MS, () => req.destroy(new Error(`GET ${url}: no answer`)))
+    req.on('error', reject)
+  })
+}
+
+/** Chromium's pin of a certificate's key: base64 SHA-256 of its SPKI. */
+function spkiPin (pem) {
+  const spki = new X509Certificate(pem).publicKey.export({ type: 'spki', format: 'der' })
+  return createHash('sha256').update(spki).digest('base64')
+}
+
 /** Text of the first element matching `selector` in the page ('' if none). */
 function pageText (page, selector) {
   return page.evaluate((sel) => document.querySelector(sel)?.innerText ?? '', selector)
@@ -514,6 +540,9 @@ async function waitPage (page, what, selector, pred, ms = STEP_TIMEOUT_MS) {
  *   6. a non-address and a peer without reservation give plain-words errors;
  *      then the page pings the TCP-only listener through the relay (RTTs shown);
  *   7. screenshot to <artifacts>/demo-page.png, and the page text is checked.
+ * With an https URL the page must use the relay's secure WebSocket address
+ * (--trust CERT.pem: the relay's self-signed certificate, pinned for
+ * Chromium by its key) and the screenshot is demo-page-wss.png.
  */
 async function demoMain () {
   const opts = parseArgs(process.argv.slice(2))
@@ -522,19 +551,24 @@ async function demoMain () {
   let browser = null
   try {
     const base = new URL(opts.demo)
+    const secure = base.protocol === 'https:'
+    // A self-signed certificate for an https page: trusted by its key's pin.
+    const trustPem = opts.trust != null ? await readFile(opts.trust) : null
     const info = await step(`fetch ${new URL('relay.json', base)}`, async () => {
-      const res = await fetch(new URL('relay.json', base))
-      check(res.ok, 'relay.json', `HTTP ${res.status}`)
-      check((res.headers.get('content-type') ?? '').includes('json'), 'relay.json', `content-type ${res.headers.get('content-type')}`)
-      const j = await res.json()
+      const res = await getUrl(new URL('relay.json', base), trustPem)
+      check(res.status === 200, 'relay.json', `HTTP ${res.status}`)
+      check((res.type ?? '').includes('json'), 'relay.json', `content-type ${res.type}`)
+      const j = JSON.parse(res.body)
       check(typeof j.peer_id === 'string' && Array.isArray(j.addrs), 'relay.json', `unexpected shape: ${JSON.stringify(j)}`)
       check(j.addrs.every(a => a.endsWith(`/p2p/${j.peer_id}`)), 'relay.json', `addresses must end with /p2p/<peer_id>: ${JSON.stringify(j)}`)
       return j
     })
     const relayTcp = info.addrs.find(a => /^\/ip4\/[^/]+\/tcp\/\d+\/p2p\//.test(a))
-    const relayWs = info.addrs.find(a => a.includes('/ws/p2p/') && !a.includes('/tls/'))
+    // What the page must choose: secure WebSocket when it is https.
+    const relayWs = info.addrs.find(a => secure ? /\/(tls\/ws|wss)\/p2p\//.test(a) : (a.includes('/ws/p2p/') && !a.includes('/tls/')))
     check(relayTcp != null && relayWs != null, 'relay.json', `need a TCP and a /ws address: ${JSON.stringify(info.addrs)}`)
     result.relay = info.peer_id
+    result.relayTransport = secure ? 'WSS' : 'WS'
 
     const env = { XDG_DATA_HOME: join(scratch, 'data') }
     const listener = startProcess('circuit listen', opts.circuit, ['listen', '--relay', relayTcp, '--echo', '--json'], { env })
@@ -547,7 +581,7 @@ async function demoMain () {
       executablePath: opts.chromium,
       headless: true,
       userDataDir: join(scratch, 'chromium-profile'),
-      args: [...CHROMIUM_FLAGS, '--window-size=1100,900'],
+      args: [...CHROMIUM_FLAGS, '--window-size=1100,900', ...(trustPem != null ? [`--ignore-certificate-errors-spki-list=${spkiPin(trustPem)}`] : [])],
       defaultViewport: { width: 1100, height: 900 },
       timeout: STEP_TIMEOUT_MS
     }))
@@ -642,14 +676,14 @@ async function demoMain () {
 
     await step('screenshot', async () => {
       await mkdir(opts.artifacts, { recursive: true })
-      result.screenshot = join(opts.artifacts, 'demo-page.png')
+      result.screenshot = join(opts.artifacts, secure ? 'demo-page-wss.png' : 'demo-page.png')
       await page.evaluate(() => window.scrollTo(0, 0))
       await page.screenshot({ path: result.screenshot, fullPage: true })
     })
 
     await step('page text', async () => {
       const body = await pageText(page, 'body')
-      for (const want of [ownAddr, 'connected to the relay over WebSocket', 'reserved: this page is reachable',
+      for (const want of [ownAddr, `connected to the relay over ${secure ? 'secure WebSocket' : 'WebSocket'}`, 'reserved: this page is reachable',
         'hello from a terminal', 'you: hello from the browser', '5 pongs', relayWs]) {
         check(body.includes(want), 'page text', `missing ${JSON.stringify(want)} in:\n${body}`)
       }
@@ -671,7 +705,7 @@ async function demoMain () {
     if (result.ok) {
       log('PASS (demo page)')
       log(`  Chromium: ${result.chromium}; js-libp2p ${result.libp2p}`)
-      log(`  page -> relay (WS) -> TCP peer ping RTT ms: ${result.pingFromPage.join(' ')}`)
+      log(`  page -> relay (${result.relayTransport}) -> TCP peer ping RTT ms: ${result.pingFromPage.join(' ')}`)
       log(`  TCP peer -> relay -> page ping RTT ms: ${result.pingToPage.map(r => r.toFixed(3)).join(' ')}`)
       log(`  screenshot: ${result.screenshot}`)
       process.stdout.write('RESULT ' + JSON.stringify(result) + '\n')

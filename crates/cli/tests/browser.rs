@@ -426,6 +426,47 @@ fn demo_bundle_matches_a_fresh_build() {
 /// `test-artifacts/demo-page.png` (see `demoMain` in interop/browser/run.mjs).
 #[test]
 fn demo_page_served_by_relay_reaches_tcp_peers() {
+    demo_page(false);
+}
+
+/// The same over https: the page is served on the relay's secure WebSocket
+/// port (self-signed certificate, pinned for Chromium) and must choose the
+/// relay's `/tls/ws` address (browsers refuse `ws://` from https pages).
+/// Screenshot: `test-artifacts/demo-page-wss.png`. Needs `openssl` for the
+/// certificate; skipped (with a message) without it.
+#[test]
+fn demo_page_over_https_uses_secure_websocket() {
+    demo_page(true);
+}
+
+/// Makes a self-signed certificate for 127.0.0.1 with `openssl` in `dir`;
+/// None if openssl cannot run.
+fn self_signed_cert(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
+    status.success().then_some((cert, key))
+}
+
+fn demo_page(secure: bool) {
     let _serial = browser_lock();
     let chromium =
         PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
@@ -433,25 +474,47 @@ fn demo_page_served_by_relay_reaches_tcp_peers() {
         return;
     }
     let circuit = PathBuf::from(env!("CARGO_BIN_EXE_circuit"));
-    let scratch = std::env::temp_dir().join(format!("circuit-demo-test-{}", std::process::id()));
+    let scratch = std::env::temp_dir().join(format!(
+        "circuit-demo-test-{}-{}",
+        std::process::id(),
+        if secure { "wss" } else { "ws" }
+    ));
     std::fs::create_dir_all(&scratch).expect("scratch dir");
 
     // Default limits: a person's demo relay runs with them too.
-    let mut relay = Proc::spawn(
-        "circuit relay --web",
-        &circuit,
-        &[
-            "relay",
-            "--web",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0/ws",
-        ],
-        &scratch,
-    );
+    let mut args = vec![
+        "relay".to_string(),
+        "--web".into(),
+        "--listen".into(),
+        "/ip4/127.0.0.1/tcp/0".into(),
+        "--listen".into(),
+        "/ip4/127.0.0.1/tcp/0/ws".into(),
+    ];
+    let mut trust = None;
+    if secure {
+        let Some((cert, key)) = self_signed_cert(&scratch) else {
+            eprintln!("SKIPPED: the https demo test needs `openssl` to make a certificate");
+            let _ = std::fs::remove_dir_all(&scratch);
+            return;
+        };
+        let cert = cert.to_str().expect("utf-8 path").to_string();
+        let key = key.to_str().expect("utf-8 path").to_string();
+        args.extend([
+            "--listen".into(),
+            "/ip4/127.0.0.1/tcp/0/tls/ws".into(),
+            "--tls-cert".into(),
+            cert.clone(),
+            "--tls-key".into(),
+            key,
+        ]);
+        trust = Some(cert);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut relay = Proc::spawn("circuit relay --web", &circuit, &args, &scratch);
+    let ws_marker = if secure { "/tls/ws/" } else { "/ws/" };
     let ws = relay.wait_for(true, T, |l| {
-        (l.starts_with("/ip4/") && l.contains("/ws/")).then(|| l.to_string())
+        (l.starts_with("/ip4/") && l.contains(ws_marker) && (secure || !l.contains("/tls/")))
+            .then(|| l.to_string())
     });
     let port: u16 = ws
         .split('/')
@@ -459,32 +522,38 @@ fn demo_page_served_by_relay_reaches_tcp_peers() {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {ws}"));
 
-    // The binary serves exactly the committed files, with their types.
-    let web = root().join("crates/cli/web");
-    for (path, file, ctype) in [
-        ("/", "index.html", "text/html"),
-        ("/app.js", "app.js", "javascript"),
-    ] {
-        let (status, headers, body) = http_get(port, path);
-        assert!(status.contains(" 200 "), "GET {path}: {status}");
-        assert!(
-            headers
-                .lines()
-                .any(|h| h.starts_with("content-type:") && h.contains(ctype)),
-            "GET {path}: {headers}"
-        );
-        let want = std::fs::read(web.join(file)).expect("committed web file");
-        assert!(
-            body == want,
-            "GET {path}: {} bytes served, {} in crates/cli/web/{file} (stale binary?)",
-            body.len(),
-            want.len()
-        );
+    // The binary serves exactly the committed files, with their types
+    // (checked over plain HTTP; the driver loads them over https).
+    if !secure {
+        let web = root().join("crates/cli/web");
+        for (path, file, ctype) in [
+            ("/", "index.html", "text/html"),
+            ("/app.js", "app.js", "javascript"),
+        ] {
+            let (status, headers, body) = http_get(port, path);
+            assert!(status.contains(" 200 "), "GET {path}: {status}");
+            assert!(
+                headers
+                    .lines()
+                    .any(|h| h.starts_with("content-type:") && h.contains(ctype)),
+                "GET {path}: {headers}"
+            );
+            let want = std::fs::read(web.join(file)).expect("committed web file");
+            assert!(
+                body == want,
+                "GET {path}: {} bytes served, {} in crates/cli/web/{file} (stale binary?)",
+                body.len(),
+                want.len()
+            );
+        }
     }
 
-    let url = format!("http://127.0.0.1:{port}/");
+    let url = format!(
+        "{}://127.0.0.1:{port}/",
+        if secure { "https" } else { "http" }
+    );
     let artifacts = root().join("test-artifacts");
-    let driver_args = [
+    let mut driver_args = vec![
         "--demo",
         &url,
         "--circuit",
@@ -494,6 +563,9 @@ fn demo_page_served_by_relay_reaches_tcp_peers() {
         "--chromium",
         chromium.to_str().expect("utf-8 path"),
     ];
+    if let Some(cert) = &trust {
+        driver_args.extend(["--trust", cert.as_str()]);
+    }
     let (driver, result) = run_driver(&driver_args, &scratch);
     assert_eq!(result["ok"], true, "{result}");
     let page_addr = result["pageAddr"].as_str().expect("pageAddr");
@@ -517,7 +589,14 @@ fn demo_page_served_by_relay_reaches_tcp_peers() {
     let shot = PathBuf::from(result["screenshot"].as_str().expect("screenshot"));
     assert_eq!(
         shot.canonicalize().ok(),
-        artifacts.join("demo-page.png").canonicalize().ok(),
+        artifacts
+            .join(if secure {
+                "demo-page-wss.png"
+            } else {
+                "demo-page.png"
+            })
+            .canonicalize()
+            .ok(),
         "screenshot not in test-artifacts/"
     );
     let png = std::fs::read(&shot).expect("screenshot file");
