@@ -1139,6 +1139,35 @@ fn autorelay_in_the_nat_bed() {
 
     // ------------------------------------------------------------ 2. nat1 goes autorelay
     let nat1_key = bed.tmp.join("nat1.key");
+    let pub_key = bed.tmp.join("pubhost.key");
+    let peer_id_of = |key: &std::path::Path| -> String {
+        let out = bed
+            .command(&pubhost, &["id", "--identity", &key.display().to_string()])
+            .output()
+            .expect("circuit id");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let pub_id = peer_id_of(&pub_key);
+    // The public host runs first and listens on a known port: nat1 stays connected to it
+    // (--peer), so it must learn nat1's relay addresses by identify push.
+    let ph = bed.spawn(
+        "pubhost",
+        &pubhost,
+        &[
+            "--json",
+            "listen",
+            "--autorelay",
+            "--bootstrap",
+            &dht_addr,
+            "--listen",
+            "/ip4/0.0.0.0/tcp/4010",
+            "--echo",
+            "--identity",
+            &pub_key.display().to_string(),
+        ],
+    );
+    let pub_addr = format!("/ip4/{}/tcp/4010/p2p/{pub_id}", bed.ip("CB_PUBHOST_ADDR"));
+    std::thread::sleep(Duration::from_millis(300));
     let nat1_start = Instant::now();
     let n1 = bed.spawn(
         "nat1",
@@ -1149,25 +1178,11 @@ fn autorelay_in_the_nat_bed() {
             "--autorelay",
             "--bootstrap",
             &dht_addr,
+            "--peer",
+            &pub_addr,
             "--echo",
             "--identity",
             &nat1_key.display().to_string(),
-        ],
-    );
-    // Started now so that they have run for a while when their checks come.
-    let pub_key = bed.tmp.join("pubhost.key");
-    let ph = bed.spawn(
-        "pubhost",
-        &pubhost,
-        &[
-            "--json",
-            "listen",
-            "--autorelay",
-            "--bootstrap",
-            &dht_addr,
-            "--echo",
-            "--identity",
-            &pub_key.display().to_string(),
         ],
     );
     let r3_addr = relays[2].addr.clone();
@@ -1325,10 +1340,26 @@ fn autorelay_in_the_nat_bed() {
     }
 
     // ------------------------------------------------------------ 3. identify push
+    let pushed = ph.log.wait(0, Duration::from_secs(10), |j| {
+        j.event() == Some("identified")
+            && j.str("peer") == Some(nat1_id.as_str())
+            && j.strs("listen_addrs")
+                .iter()
+                .filter(|a| a.contains("/p2p-circuit"))
+                .count()
+                >= 3
+    });
+    let Some((_, pushed_at, j)) = pushed else {
+        panic!(
+            "3. pubhost (connected to nat1 beforehand) never learnt nat1's 3 relay addresses by identify push:\n{}",
+            ph.log.tail(20)
+        );
+    };
     eprintln!(
-        "{} 3. SKIPPED: identify push to a peer connected beforehand: no CLI command shows a \
-         peer's view of another peer's addresses (the push is received silently)",
-        bed.t()
+        "{} 3. pubhost learnt nat1's relay addresses by identify push, {:.2} s after nat1 started: {:?}",
+        bed.t(),
+        (pushed_at - nat1_start).as_secs_f64(),
+        j.strs("listen_addrs").iter().filter(|a| a.contains("/p2p-circuit")).collect::<Vec<_>>()
     );
 
     // ------------------------------------------------------------ 4. nat2 reaches nat1
