@@ -538,7 +538,8 @@ async function waitPage (page, what, selector, pred, ms = STEP_TIMEOUT_MS) {
  *   5. `circuit dial` to the same address chats: a line from the terminal
  *      shows up in the page, a line typed in the page comes out of dial;
  *   6. a non-address and a peer without reservation give plain-words errors;
- *      then the page pings the TCP-only listener through the relay (RTTs shown);
+ *      then the page pings the TCP-only listener through the relay (RTTs shown)
+ *      and chats with it (the listener echoes the line);
  *   7. screenshot to <artifacts>/demo-page.png, and the page text is checked.
  * With an https URL the page must use the relay's secure WebSocket address
  * (--trust CERT.pem: the relay's self-signed certificate, pinned for
@@ -674,6 +675,17 @@ async function demoMain () {
     })
     log(`page -> relay -> TCP peer RTTs (ms): ${result.pingFromPage.join(' ')}`)
 
+    await step('page chats with the TCP-only (echo) listener', async () => {
+      // #peer-addr still holds the listener's address; its echo comes back as its line.
+      await page.click('#chat')
+      await waitPage(page, 'the outgoing chat to open', '#chats .chat header', (t) => t.includes('Chat with'))
+      await page.type('#chats .chat input[type=text]', 'echo me, please')
+      await page.keyboard.press('Enter')
+      await waitPage(page, 'the echoed line', '#chats .chat .lines', (t) => /…\S+: echo me, please/.test(t))
+      await page.click('#chats .chat header button')
+      await waitPage(page, 'the echo side to close', '#chats .chat .lines', (t) => t.includes('the peer closed the chat'))
+    })
+
     await step('screenshot', async () => {
       await mkdir(opts.artifacts, { recursive: true })
       result.screenshot = join(opts.artifacts, secure ? 'demo-page-wss.png' : 'demo-page.png')
@@ -684,7 +696,7 @@ async function demoMain () {
     await step('page text', async () => {
       const body = await pageText(page, 'body')
       for (const want of [ownAddr, `connected to the relay over ${secure ? 'secure WebSocket' : 'WebSocket'}`, 'reserved: this page is reachable',
-        'hello from a terminal', 'you: hello from the browser', '5 pongs', relayWs]) {
+        'hello from a terminal', 'you: hello from the browser', '5 pongs', 'you: echo me, please', relayWs]) {
         check(body.includes(want), 'page text', `missing ${JSON.stringify(want)} in:\n${body}`)
       }
       const errors = await page.evaluate(() => [...document.querySelectorAll('.error')].filter(e => !e.hidden).map(e => e.innerText))
