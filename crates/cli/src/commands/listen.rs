@@ -244,6 +244,9 @@ async fn start_autorelay(node: &Node, a: &Args, out: Output) {
             // Ask as soon as servers are connected: the bootstrap peers are dialed first.
             boot_delay: std::time::Duration::from_millis(500),
             retry_interval: std::time::Duration::from_secs(5),
+            // A server may be asked again after 15 s (go: 90 s): with few servers known
+            // at start, one failed probe must not leave us unknown for long.
+            throttle_server_period: std::time::Duration::from_secs(15),
             ..Default::default()
         },
     );
