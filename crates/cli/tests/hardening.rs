@@ -35,7 +35,7 @@ use common::{circuit, Proc};
 
 /// The relay's VmHWM must stay under this in every test here (a debug build;
 /// a release build uses less). Documented in docs/relay-operations.md.
-const RSS_CEILING_MIB: u64 = 200;
+const RSS_CEILING_MIB: u64 = 128;
 
 /// The echo protocol of these tests.
 const ECHO: &str = "/hardening/echo/1.0.0";
