@@ -280,6 +280,19 @@ async fn discover(
         for p in kad.get_providers(namespace_key(RELAY_NAMESPACE)).await {
             found.push((p.id, p.addrs));
         }
+        // Few relays advertise in the DHT (js stopped in 2024, go's autorelay doesn't
+        // look there): a random walk meets more peers, and any of them whose identify
+        // lists the hop protocol is a candidate.
+        let target: [u8; 32] = rand::random();
+        for p in kad.find_node(target.to_vec()).await {
+            let serves_hop = node
+                .peer_info(&p.id)
+                .map(|i| i.protocols.iter().any(|x| x == HOP_PROTOCOL))
+                .unwrap_or(false);
+            if serves_hop {
+                found.push((p.id, p.addrs));
+            }
+        }
     }
     for (peer, a) in found {
         if peer == node.peer_id() {

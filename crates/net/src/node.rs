@@ -115,6 +115,9 @@ pub struct PeerInfo {
     pub observed_addr: Option<Multiaddr>,
     /// Its agent version.
     pub agent_version: Option<String>,
+    /// Sequence number of the newest signed peer record seen from it: identify
+    /// answers and pushes can arrive out of order, and an older one must not win.
+    pub record_seq: u64,
 }
 
 /// Errors of dialing and stream opening.

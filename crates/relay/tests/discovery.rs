@@ -189,3 +189,60 @@ async fn autonat_server_refuses_private_requesters_by_default() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(status.status().0, NatStatus::Unknown);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_that_do_not_advertise_are_found_by_a_random_walk() {
+    let dht = node(true).await;
+    let _dht_kad = Kad::start(&dht, KadConfig::default());
+    let mut relays = Vec::new();
+    for _ in 0..2 {
+        let r = node(true).await;
+        let _relay = Relay::start(&r, RelayConfig::default());
+        // In the DHT, but not providing /libp2p/relay.
+        let kad = Kad::start(&r, KadConfig::default());
+        kad.bootstrap(&[full(&dht)]).await;
+        relays.push((r, kad));
+    }
+    let private = node(true).await;
+    let kad = Kad::start(
+        &private,
+        KadConfig {
+            server: false,
+            ..Default::default()
+        },
+    );
+    kad.bootstrap(&[full(&dht)]).await;
+    assert!(
+        kad.get_providers(namespace_key(RELAY_NAMESPACE))
+            .await
+            .is_empty(),
+        "nobody advertises here"
+    );
+    let ar = Autorelay::start(
+        &private,
+        Some(kad),
+        None,
+        AutorelayConfig {
+            chooser: ChooserConfig {
+                want: 2,
+                ..Default::default()
+            },
+            force_private: true,
+            discovery_interval: Duration::from_millis(500),
+            ..Default::default()
+        },
+    );
+    let mut events = ar.events();
+    let mut chosen = std::collections::HashSet::new();
+    within(20, "both relays found without DHT records", async {
+        while chosen.len() < 2 {
+            if let Ok(AutorelayEvent::RelayChosen { relay, .. }) = events.recv().await {
+                chosen.insert(relay);
+            }
+        }
+    })
+    .await;
+    for (r, _) in &relays {
+        assert!(chosen.contains(&r.peer_id()));
+    }
+}

@@ -114,7 +114,14 @@ impl AutoNat {
                 servers.sort();
                 servers.dedup();
                 servers.shuffle(&mut rand::thread_rng());
-                if let Some(server) = client.poll_probe(now, servers) {
+                // No server connected yet (identify still running, say): keep the probe due
+                // instead of letting the core push it out by a whole retry interval.
+                let chosen = if servers.is_empty() {
+                    None
+                } else {
+                    client.poll_probe(now, servers)
+                };
+                if let Some(server) = chosen {
                     let result = probe(&node, server, config.request_timeout).await;
                     let now = Instant::now();
                     let change = match result {

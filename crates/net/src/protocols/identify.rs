@@ -64,6 +64,21 @@ pub fn parse_messages(
     previous: Option<PeerInfo>,
 ) -> Result<PeerInfo, String> {
     let mut info = previous.unwrap_or_default();
+    // Identify answers and pushes travel on separate streams and can overtake each
+    // other: a message whose signed record is not newer than what we hold is stale.
+    let newest = parts
+        .iter()
+        .filter_map(|m| m.signed_peer_record.as_ref())
+        .filter_map(|rec| PeerRecord::verify(rec).ok())
+        .filter(|r| r.peer_id == conn.peer())
+        .map(|r| r.seq)
+        .max();
+    if let Some(seq) = newest {
+        if info.record_seq > 0 && seq <= info.record_seq {
+            return Ok(info);
+        }
+        info.record_seq = seq;
+    }
     for m in parts {
         if let Some(pk) = m.public_key {
             let key =
@@ -149,7 +164,7 @@ pub async fn ask_now(node: &Node, conn: &Connection) -> Result<PeerInfo, String>
         let parts = framed::read_messages_to_end::<Identify, _>(&mut s, MAX_MESSAGE, MAX_PARTS)
             .await
             .map_err(|e| e.to_string())?;
-        parse_messages(parts, conn, None)
+        parse_messages(parts, conn, node.peer_info(&conn.peer()))
     };
     let info = tokio::time::timeout(std::time::Duration::from_secs(30), fut)
         .await
