@@ -26,10 +26,19 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::transport::BoxedIo;
 
-/// Socket read size per poll: one full Noise frame plus its length prefix.
+/// Free space asked of the Noise input buffer before each socket read: one full Noise frame
+/// plus its length prefix (the buffer is allocated at twice this, so reads are often larger).
 const READ_CHUNK: usize = 64 * 1024 + 2;
-/// Plaintext taken from yamux per socket write batch.
+/// Ciphertext built per socket write batch (whole Noise frames; the last one may overshoot).
 const WRITE_BATCH: usize = 256 * 1024;
+/// Largest plaintext of one Noise frame: yamux frames are laid out into it directly.
+const FRAME_PLAINTEXT: usize = noise::MAX_PLAINTEXT;
+/// Length prefix and tag around each Noise frame's plaintext.
+const FRAME_PREFIX: usize = 2;
+const FRAME_TAG: usize = 16;
+/// A write batch no larger than this marks a connection as not busy: once written, its
+/// buffer is freed if it grew beyond this, so idle connections (reservations) hold none.
+const IDLE_BATCH: usize = 8 * 1024;
 
 /// Identifies a connection within a node.
 pub type ConnectionId = u64;
@@ -144,15 +153,18 @@ impl Connection {
             info: Arc::new(info),
             shared: shared.clone(),
         };
+        // Buffers start empty and grow with use: an idle connection (a held reservation)
+        // should cost little memory.
         let driver = Driver {
             conn: conn.clone(),
             io,
             transport,
-            read_buf: vec![0u8; READ_CHUNK],
             plain_in: initial_plaintext,
-            plain_out: Vec::with_capacity(WRITE_BATCH + 1024),
-            cipher_out: Vec::with_capacity(WRITE_BATCH + 4096),
+            ranges: Vec::new(),
+            cipher_out: Vec::new(),
             cipher_pos: 0,
+            unsealed: Vec::new(),
+            last_batch: 0,
             inbound,
             timer: None,
             eof: false,
@@ -334,7 +346,9 @@ impl Stream {
                 let mut st = lock(&self.conn.shared);
                 match st.session.stream_read(self.id, &mut tmp) {
                     Ok(n) => {
-                        st.wake_driver();
+                        if st.session.wants_transmit() {
+                            st.wake_driver();
+                        }
                         n
                     }
                     Err(StreamError::WouldBlock) if st.closed.is_none() => {
@@ -394,8 +408,11 @@ impl AsyncRead for Stream {
         match st.session.stream_read(this.id, dst) {
             Ok(n) => {
                 buf.advance(n);
-                // Reading may free window: let the driver send the update.
-                st.wake_driver();
+                // Reading may free window: wake the driver only if an update (or anything
+                // else) is now due, not after every read.
+                if st.session.wants_transmit() {
+                    st.wake_driver();
+                }
                 Poll::Ready(Ok(()))
             }
             Err(StreamError::WouldBlock) if st.closed.is_none() => {
@@ -477,11 +494,17 @@ pub struct Driver {
     conn: Connection,
     io: BoxedIo,
     transport: noise::Transport,
-    read_buf: Vec<u8>,
+    /// Plaintext that arrived before the session existed; fed to it on the first poll.
     plain_in: Vec<u8>,
-    plain_out: Vec<u8>,
+    /// Positions of decrypted plaintext in the transport's input buffer (reused).
+    ranges: Vec<std::ops::Range<usize>>,
+    /// Outgoing Noise frames; `cipher_out[cipher_pos..]` is not yet written to the socket.
     cipher_out: Vec<u8>,
     cipher_pos: usize,
+    /// Frames laid out in `cipher_out` (under the lock) but not yet sealed: (start, end).
+    unsealed: Vec<(usize, usize)>,
+    /// Size of the previous write batch (small batches mark an idle connection).
+    last_batch: usize,
     inbound: mpsc::Sender<Stream>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     eof: bool,
@@ -560,6 +583,39 @@ impl Driver {
     }
 }
 
+impl Driver {
+    /// Lays out the session's pending frames as Noise frames (length slot, yamux frames, tag
+    /// slot) in `cipher_out`, up to about [`WRITE_BATCH`]; they are sealed after the lock is
+    /// released. Returns the number of plaintext bytes taken.
+    fn fill_batch(&mut self, st: &mut State) -> usize {
+        let mut taken = 0;
+        while self.cipher_out.len() < WRITE_BATCH {
+            let start = self.cipher_out.len();
+            self.cipher_out.extend_from_slice(&[0u8; FRAME_PREFIX]);
+            let max = start + FRAME_PREFIX + FRAME_PLAINTEXT;
+            let n = st.session.poll_transmit_bounded(&mut self.cipher_out, max);
+            if n == 0 {
+                self.cipher_out.truncate(start);
+                break;
+            }
+            taken += n;
+            self.cipher_out.extend_from_slice(&[0u8; FRAME_TAG]);
+            self.unsealed.push((start, self.cipher_out.len()));
+        }
+        taken
+    }
+
+    /// Encrypts the frames laid out by [`Driver::fill_batch`], in order.
+    fn seal_batch(&mut self) -> Result<(), noise::Error> {
+        for &(start, end) in &self.unsealed {
+            self.transport
+                .seal_in_place(&mut self.cipher_out[start..end])?;
+        }
+        self.unsealed.clear();
+        Ok(())
+    }
+}
+
 impl Future for Driver {
     type Output = ();
 
@@ -569,63 +625,103 @@ impl Future for Driver {
         // Bound the work per poll so one busy connection cannot hog a runtime thread.
         for _ in 0..64 {
             let mut progress = false;
-            let mut st = lock(&shared);
             let now = Instant::now();
 
-            // 1. Socket → Noise → yamux.
-            if !this.eof && st.closed.is_none() {
-                let mut rb = ReadBuf::new(&mut this.read_buf);
+            // 1. Socket → Noise, without the lock: the read and the decryption (in place, in
+            //    the transport's buffer) do not touch the shared state, so stream handles on
+            //    other threads are not held up meanwhile.
+            let mut ranges = std::mem::take(&mut this.ranges);
+            ranges.clear();
+            let mut read_failed: Option<String> = None;
+            let mut remote_closed = false;
+            if !this.eof {
+                let space = this.transport.read_space(READ_CHUNK);
+                let mut rb = ReadBuf::new(space);
                 match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) if rb.filled().is_empty() => {
                         this.eof = true;
-                        this.fail(&mut st, "remote closed the connection".into());
+                        remote_closed = true;
                         progress = true;
                     }
                     Poll::Ready(Ok(())) => {
                         let n = rb.filled().len();
-                        this.transport.handle_input(&this.read_buf[..n]);
-                        match this.transport.read_plaintext(&mut this.plain_in) {
-                            Ok(_) => {}
-                            Err(e) => this.fail(&mut st, format!("noise: {e}")),
-                        }
+                        this.transport.commit_input(n);
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => {
                         this.eof = true;
-                        this.fail(&mut st, format!("read: {e}"));
+                        read_failed = Some(format!("read: {e}"));
                         progress = true;
                     }
                     Poll::Pending => {}
                 }
             }
+            // Also after no read: frames pipelined behind the handshake may be buffered.
+            if read_failed.is_none() && this.transport.buffered_input() > 0 {
+                if let Err(e) = this.transport.decrypt_buffered(&mut ranges) {
+                    read_failed = Some(format!("noise: {e}"));
+                }
+            }
+
+            // 2. Plaintext → yamux, under the lock.
+            let mut st = lock(&shared);
             if !this.plain_in.is_empty() {
-                if let Err(e) = st.session.handle_input(&this.plain_in, now) {
+                let initial = std::mem::take(&mut this.plain_in);
+                if let Err(e) = st.session.handle_input(&initial, now) {
                     tracing::warn!(peer = %this.conn.info.peer, error = %e, "yamux protocol error; closing");
                     this.fail(&mut st, format!("yamux: {e}"));
                 }
-                this.plain_in.clear();
+            }
+            for r in ranges.drain(..) {
+                if st.closed.is_some() {
+                    break;
+                }
+                if let Err(e) = st.session.handle_input(this.transport.plaintext(r), now) {
+                    tracing::warn!(peer = %this.conn.info.peer, error = %e, "yamux protocol error; closing");
+                    this.fail(&mut st, format!("yamux: {e}"));
+                }
+            }
+            this.ranges = ranges;
+            // The plaintext is consumed: an idle connection's input buffer can go.
+            this.transport.release_if_idle();
+            if remote_closed {
+                this.fail(&mut st, "remote closed the connection".into());
+            }
+            if let Some(why) = read_failed {
+                this.fail(&mut st, why);
             }
             this.dispatch_events(&mut st);
 
-            // 2. yamux → Noise → socket.
+            // 3. yamux → Noise frames laid out in place (under the lock), sealed after it.
             if this.cipher_pos == this.cipher_out.len() {
+                let written = this.cipher_out.len();
                 this.cipher_out.clear();
                 this.cipher_pos = 0;
-                this.plain_out.clear();
-                if st.session.poll_transmit(&mut this.plain_out, WRITE_BATCH) > 0 {
-                    if let Err(e) = this
-                        .transport
-                        .encrypt(&this.plain_out, &mut this.cipher_out)
-                    {
-                        this.fail(&mut st, format!("noise: {e}"));
-                    }
+                if written > 0 {
+                    this.last_batch = written;
                 }
-                this.dispatch_events(&mut st);
+                if this.fill_batch(&mut st) > 0 {
+                    this.dispatch_events(&mut st);
+                } else if this.last_batch <= IDLE_BATCH && this.cipher_out.capacity() > IDLE_BATCH {
+                    // Nothing to send and the last batches were small: free the buffer.
+                    this.cipher_out = Vec::new();
+                }
             }
             let closed = st.closed.is_some();
             let session_closed = st.session.is_closed();
+            drop(st);
+            if !this.unsealed.is_empty() {
+                if let Err(e) = this.seal_batch() {
+                    // Nonce exhaustion: nothing after this frame may go out.
+                    let bad = this.unsealed.first().map_or(0, |&(s, _)| s);
+                    this.cipher_out.truncate(bad);
+                    this.unsealed.clear();
+                    this.fail(&mut lock(&shared), format!("noise: {e}"));
+                }
+            }
+
+            // 4. Socket write, without the lock.
             if this.cipher_pos < this.cipher_out.len() {
-                drop(st);
                 match Pin::new(&mut this.io).poll_write(cx, &this.cipher_out[this.cipher_pos..]) {
                     Poll::Ready(Ok(0)) => {
                         this.fail(&mut lock(&shared), "write: socket closed".into());
@@ -644,25 +740,20 @@ impl Future for Driver {
                     }
                     Poll::Pending => {}
                 }
-                st = lock(&shared);
             } else if closed || session_closed {
                 // Everything queued (e.g. a go-away) is out: finish.
                 if !this.shutdown_sent {
                     this.shutdown_sent = true;
                     let _ = Pin::new(&mut this.io).poll_shutdown(cx);
                 }
-                let why = if closed {
-                    None
-                } else {
-                    Some("session ended".to_string())
-                };
-                if let Some(why) = why {
-                    this.fail(&mut st, why);
+                if !closed {
+                    this.fail(&mut lock(&shared), "session ended".to_string());
                 }
                 return Poll::Ready(());
             }
 
-            // 3. Timers (keep-alive pings).
+            // 5. Timers (keep-alive pings).
+            let mut st = lock(&shared);
             if let Some(deadline) = st.session.poll_timeout() {
                 if deadline <= now {
                     st.session.handle_timeout(now);
@@ -683,6 +774,12 @@ impl Future for Driver {
             }
 
             if !progress {
+                // Register under the lock: a stream handle that changes the state after this
+                // sees the waker and wakes us.
+                if st.session.wants_transmit() && this.cipher_pos == this.cipher_out.len() {
+                    // Work arrived between the transmit step and now: go round again.
+                    continue;
+                }
                 st.driver = Some(cx.waker().clone());
                 return Poll::Pending;
             }

@@ -283,14 +283,19 @@ impl Handshake {
         }
         // Always set when finished: both roles authenticate before the handshake completes.
         let remote = self.remote.ok_or(Error::NotFinished(Stage::Failed))?;
-        let state = self.state.into_transport_mode()?;
+        let mut state = self.state;
+        // The transport does its own AEAD on the split keys (see `transport.rs` for why).
+        let (k1, k2) = state.dangerously_get_raw_split();
         let outcome = Outcome {
             remote_peer: remote.peer,
             remote_key: remote.key,
             remote_muxers: remote.muxers,
             muxer: self.muxer,
         };
-        Ok((Transport::new(state, self.inbuf), outcome))
+        Ok((
+            Transport::new(self.initiator, &k1, &k2, self.inbuf),
+            outcome,
+        ))
     }
 }
 

@@ -168,7 +168,10 @@ pub enum Error {
     /// The input buffer of a finished handshake exceeds its bound; call `into_transport` instead.
     #[error("too much data buffered after the noise handshake")]
     BufferFull,
-    /// Any other error reported by the Noise implementation (e.g. nonce exhausted).
+    /// 2^64 − 1 transport messages were sent or received with one key; the connection must end.
+    #[error("noise nonce exhausted")]
+    NonceExhausted,
+    /// Any other error reported by the Noise implementation.
     #[error("noise protocol error: {0}")]
     Snow(snow::Error),
 }

@@ -170,13 +170,11 @@ fn empty_messages() {
     assert!(wire.is_empty());
     // A peer may still send a tag-only frame (empty plaintext): it decrypts to zero bytes, and the
     // data after it still decrypts (nonces stay in step).
-    let mut frame = vec![0u8; 2 + TAG_LEN];
-    let n = ti
-        .state_mut_for_test()
-        .write_message(&[], &mut frame[2..])
-        .unwrap();
-    assert_eq!(n, TAG_LEN);
-    frame[..2].copy_from_slice(&(TAG_LEN as u16).to_be_bytes());
+    let mut frame = Vec::new();
+    let start = ti.begin_frame(&mut frame);
+    ti.seal_frame(&mut frame, start).unwrap();
+    assert_eq!(frame.len(), 2 + TAG_LEN);
+    assert_eq!(frame[..2], (TAG_LEN as u16).to_be_bytes());
     ti.encrypt(b"after", &mut frame).unwrap();
     tr.handle_input(&frame);
     let mut out = Vec::new();
@@ -700,4 +698,194 @@ fn finished_handshake_bounds_extra_input() {
     // The bound is not a failure of the handshake itself: the transport gets what was accepted.
     let (tr, _) = resp.into_transport().unwrap();
     assert_eq!(tr.buffered_input(), accepted);
+}
+
+/// Runs a bare `Noise_XX_25519_ChaChaPoly_SHA256` handshake between two snow states (no libp2p
+/// payloads) and returns them finished: (initiator, responder).
+fn snow_pair() -> (snow::HandshakeState, snow::HandshakeState) {
+    let params: snow::params::NoiseParams = NOISE_PARAMS.parse().unwrap();
+    let ki = snow::Builder::new(params.clone())
+        .generate_keypair()
+        .unwrap();
+    let kr = snow::Builder::new(params.clone())
+        .generate_keypair()
+        .unwrap();
+    let mut i = snow::Builder::new(params.clone())
+        .local_private_key(&ki.private)
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    let mut r = snow::Builder::new(params)
+        .local_private_key(&kr.private)
+        .unwrap()
+        .build_responder()
+        .unwrap();
+    let (mut m, mut p) = (vec![0u8; MAX_FRAME], vec![0u8; MAX_FRAME]);
+    let n = i.write_message(&[], &mut m).unwrap();
+    r.read_message(&m[..n], &mut p).unwrap();
+    let n = r.write_message(&[], &mut m).unwrap();
+    i.read_message(&m[..n], &mut p).unwrap();
+    let n = i.write_message(&[], &mut m).unwrap();
+    r.read_message(&m[..n], &mut p).unwrap();
+    assert!(i.is_handshake_finished() && r.is_handshake_finished());
+    (i, r)
+}
+
+#[test]
+fn transport_interoperates_with_snow_transport_state() {
+    // Our ring-based transport against snow's reference TransportState (RustCrypto), both
+    // roles, both directions, sizes up to a maximal frame: proves nonce layout, key order and
+    // framing match what every snow-based peer (rust-libp2p) speaks.
+    for ours_is_initiator in [true, false] {
+        let (mut i, mut r) = snow_pair();
+        let (ours_hs, theirs_hs) = if ours_is_initiator {
+            (&mut i, r)
+        } else {
+            (&mut r, i)
+        };
+        let (k1, k2) = ours_hs.dangerously_get_raw_split();
+        let mut ours = Transport::new(ours_is_initiator, &k1, &k2, Vec::new());
+        let mut theirs = theirs_hs.into_transport_mode().unwrap();
+        for len in [0usize, 1, 1000, MAX_PLAINTEXT] {
+            let msg = pattern(len);
+            // ours → theirs
+            let mut wire = Vec::new();
+            let start = ours.begin_frame(&mut wire);
+            wire.extend_from_slice(&msg);
+            ours.seal_frame(&mut wire, start).unwrap();
+            assert_eq!(wire.len(), 2 + len + TAG_LEN);
+            let mut plain = vec![0u8; MAX_FRAME];
+            let n = theirs.read_message(&wire[2..], &mut plain).unwrap();
+            assert_eq!(&plain[..n], &msg[..]);
+            // theirs → ours, received through the zero-copy input path
+            let mut frame = vec![0u8; MAX_FRAME];
+            let n = theirs.write_message(&msg, &mut frame).unwrap();
+            let mut wire = (n as u16).to_be_bytes().to_vec();
+            wire.extend_from_slice(&frame[..n]);
+            let space = ours.input_space(wire.len());
+            space[..wire.len()].copy_from_slice(&wire);
+            ours.commit_input(wire.len());
+            assert_eq!(ours.decrypt_next().unwrap(), Some(&msg[..]));
+            assert_eq!(ours.decrypt_next().unwrap(), None);
+        }
+    }
+}
+
+#[test]
+fn zero_copy_input_handles_many_frames_per_read_and_partial_frames() {
+    let ((mut ti, _), (mut tr, _)) = pair(
+        &Keypair::generate_ed25519(),
+        &Keypair::generate_ed25519(),
+        Config::default(),
+        Config::default(),
+        40,
+        1000,
+    )
+    .unwrap();
+    let mut rng = StdRng::seed_from_u64(40);
+    let mut wire = Vec::new();
+    let mut sent = Vec::new();
+    for i in 0..300 {
+        let msg = pattern(rng.gen_range(0..=if i % 7 == 0 { MAX_PLAINTEXT } else { 3000 }));
+        ti.encrypt(&msg, &mut wire).unwrap();
+        sent.extend_from_slice(&msg);
+    }
+    let mut got = Vec::new();
+    let mut rest = &wire[..];
+    while !rest.is_empty() {
+        let space = tr.input_space(64 * 1024);
+        assert!(space.len() >= 64 * 1024);
+        let n = rng.gen_range(1..=space.len()).min(rest.len());
+        space[..n].copy_from_slice(&rest[..n]);
+        tr.commit_input(n);
+        rest = &rest[n..];
+        while let Some(p) = tr.decrypt_next().unwrap() {
+            got.extend_from_slice(p);
+        }
+        // One partial frame plus a read at most: the buffer stays bounded.
+        assert!(tr.inbuf_capacity_for_test() <= 4 * (MAX_FRAME + 2));
+    }
+    assert_eq!(got, sent);
+    assert_eq!(tr.buffered_input(), 0);
+}
+
+#[test]
+fn idle_input_buffer_is_released_and_busy_one_kept() {
+    let ((mut ti, _), (mut tr, _)) = pair(
+        &Keypair::generate_ed25519(),
+        &Keypair::generate_ed25519(),
+        Config::default(),
+        Config::default(),
+        41,
+        1000,
+    )
+    .unwrap();
+    let mut wire = Vec::new();
+    ti.encrypt(&pattern(MAX_PLAINTEXT), &mut wire).unwrap();
+    let space = tr.input_space(wire.len());
+    space[..wire.len()].copy_from_slice(&wire);
+    tr.commit_input(wire.len());
+    assert!(tr.decrypt_next().unwrap().is_some());
+    // A large read: the buffer is the hot path's, kept.
+    assert!(!tr.release_if_idle());
+    assert!(tr.inbuf_capacity_for_test() >= MAX_FRAME);
+    // A small read (a keep-alive ping): freed once drained.
+    wire.clear();
+    ti.encrypt(b"ping", &mut wire).unwrap();
+    let space = tr.input_space(64 * 1024);
+    space[..wire.len()].copy_from_slice(&wire);
+    tr.commit_input(wire.len());
+    assert_eq!(tr.decrypt_next().unwrap(), Some(&b"ping"[..]));
+    assert!(tr.release_if_idle());
+    assert_eq!(tr.inbuf_capacity_for_test(), 0);
+    // And it still works afterwards.
+    wire.clear();
+    ti.encrypt(b"again", &mut wire).unwrap();
+    tr.handle_input(&wire);
+    let mut out = Vec::new();
+    tr.read_plaintext(&mut out).unwrap();
+    assert_eq!(out, b"again");
+}
+
+#[test]
+fn send_nonce_exhaustion_is_an_error_and_emits_nothing() {
+    let ((mut ti, _), _) = pair(
+        &Keypair::generate_ed25519(),
+        &Keypair::generate_ed25519(),
+        Config::default(),
+        Config::default(),
+        42,
+        1000,
+    )
+    .unwrap();
+    ti.set_send_nonce_for_test(u64::MAX - 1);
+    let mut wire = Vec::new();
+    ti.encrypt(b"last", &mut wire).unwrap();
+    let len = wire.len();
+    assert!(matches!(
+        ti.encrypt(b"one too many", &mut wire),
+        Err(Error::NonceExhausted)
+    ));
+    assert_eq!(wire.len(), len);
+}
+
+#[test]
+fn oversized_plaintext_is_refused_by_seal_frame() {
+    let ((mut ti, _), _) = pair(
+        &Keypair::generate_ed25519(),
+        &Keypair::generate_ed25519(),
+        Config::default(),
+        Config::default(),
+        43,
+        1000,
+    )
+    .unwrap();
+    let mut out = vec![9u8; 3];
+    let start = ti.begin_frame(&mut out);
+    out.extend_from_slice(&pattern(MAX_PLAINTEXT + 1));
+    assert!(matches!(
+        ti.seal_frame(&mut out, start),
+        Err(Error::FrameTooLarge)
+    ));
+    assert_eq!(out, vec![9u8; 3]);
 }

@@ -1,6 +1,24 @@
 //! The Noise transport phase: length-framed ChaChaPoly messages after the handshake.
+//!
+//! The AEAD is done here with `ring` on the Noise `Split()` keys rather than through snow's
+//! `TransportState`: ring's ChaCha20-Poly1305 is about 1.7× faster than the RustCrypto one
+//! snow resolves by default (measured on the benchmark machine: 2.0 vs 1.2 GiB/s per core for
+//! 64 KiB messages), and owning the cipher lets us open and seal *in place* — decrypting inside
+//! the input buffer and encrypting inside the output buffer — where snow's API copies every
+//! message once more (and `ring`'s snow resolver even allocates on decrypt unless the output is
+//! larger than the input). The wire format is unchanged: `Noise_XX_25519_ChaChaPoly_SHA256`
+//! transport messages, nonce = 32 zero bits || 64-bit little-endian counter, empty AD.
+
+use std::ops::Range;
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 use super::{Error, LEN_PREFIX, MAX_PLAINTEXT, TAG_LEN};
+
+/// A read that found less than this many bytes is a sign of an idle connection: the input
+/// buffer is then released once empty (see [`Transport::release_if_idle`]), and the next
+/// read is a small one (see [`Transport::read_space`]).
+const IDLE_READ: usize = 4 * 1024;
 
 /// Returns the length of the first frame in `buf` if the whole frame (prefix + body) is buffered.
 ///
@@ -14,53 +32,203 @@ pub(crate) fn complete_frame_len(buf: &[u8]) -> Option<usize> {
     (rest.len() >= len).then_some(len)
 }
 
+/// One direction's cipher state: key and message counter.
+struct CipherState {
+    key: LessSafeKey,
+    nonce: u64,
+}
+
+impl CipherState {
+    fn new(key: &[u8; 32]) -> CipherState {
+        // A 32-byte key is always valid for ChaCha20-Poly1305; `ring` fails only on a wrong length.
+        let unbound = match UnboundKey::new(&CHACHA20_POLY1305, key) {
+            Ok(k) => k,
+            Err(_) => unreachable!("ChaCha20-Poly1305 keys are 32 bytes"),
+        };
+        CipherState {
+            key: LessSafeKey::new(unbound),
+            nonce: 0,
+        }
+    }
+
+    /// The Noise nonce for the next message, advancing the counter. Like snow, the last
+    /// counter value (2^64 − 1) is reserved and never used.
+    fn next_nonce(&mut self) -> Result<Nonce, Error> {
+        if self.nonce == u64::MAX {
+            return Err(Error::NonceExhausted);
+        }
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&self.nonce.to_le_bytes());
+        self.nonce += 1;
+        Ok(Nonce::assume_unique_for_key(n))
+    }
+}
+
 /// An established Noise session: encrypts outgoing bytes and decrypts incoming frames.
 ///
-/// Sans-IO: feed ciphertext with [`Transport::handle_input`], drain plaintext with
-/// [`Transport::read_plaintext`], and produce ciphertext with [`Transport::encrypt`].
+/// Sans-IO. Two ways to use it:
+/// - simple: feed ciphertext with [`Transport::handle_input`], drain plaintext with
+///   [`Transport::read_plaintext`], produce ciphertext with [`Transport::encrypt`];
+/// - zero-copy (the connection driver's hot path): receive straight into
+///   [`Transport::input_space`] + [`Transport::commit_input`], take each frame's plaintext,
+///   decrypted in place, from [`Transport::decrypt_next`]; build outgoing frames in place
+///   with [`Transport::begin_frame`] / [`Transport::seal_frame`].
 pub struct Transport {
-    state: snow::TransportState,
-    /// Buffered ciphertext; bytes before `pos` are already consumed. A read offset instead of
-    /// draining after every frame avoids a memmove per frame; see `handle_input` for compaction.
+    send: CipherState,
+    recv: CipherState,
+    initiator: bool,
+    /// Input buffer; `inbuf[start..end]` is buffered ciphertext not yet decrypted, bytes
+    /// before `start` are consumed (plaintext already handed out), `inbuf[end..]` is free
+    /// space for the next read. Its length only grows to fit one partial frame plus one read.
     inbuf: Vec<u8>,
-    pos: usize,
+    start: usize,
+    end: usize,
+    /// Size of the latest read into the buffer; small reads mark an idle connection.
+    last_input: usize,
 }
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transport")
-            .field("initiator", &self.state.is_initiator())
+            .field("initiator", &self.initiator)
             .field("buffered_input", &self.buffered_input())
             .finish_non_exhaustive()
     }
 }
 
 impl Transport {
-    /// Wraps a finished snow session; `leftover` is ciphertext that arrived with the last handshake
-    /// message (pipelined transport frames).
-    pub(crate) fn new(state: snow::TransportState, leftover: Vec<u8>) -> Self {
+    /// Wraps the keys of a finished handshake (`k1`, `k2` of Noise's `Split()`: the initiator
+    /// sends with `k1`, the responder with `k2`); `leftover` is ciphertext that arrived with the
+    /// last handshake message (pipelined transport frames).
+    pub(crate) fn new(initiator: bool, k1: &[u8; 32], k2: &[u8; 32], leftover: Vec<u8>) -> Self {
+        let (send, recv) = if initiator { (k1, k2) } else { (k2, k1) };
+        let end = leftover.len();
         Transport {
-            state,
+            send: CipherState::new(send),
+            recv: CipherState::new(recv),
+            initiator,
             inbuf: leftover,
-            pos: 0,
+            start: 0,
+            end,
+            last_input: end,
         }
     }
 
-    /// Raw ciphertext bytes from the wire (any split), buffered until [`Transport::read_plaintext`].
-    ///
-    /// Call `read_plaintext` after each call: it drains every complete frame, so the buffer then holds
-    /// at most one partial frame (≤ 65537 bytes) plus the latest input.
-    pub fn handle_input(&mut self, data: &[u8]) {
-        if self.pos == self.inbuf.len() {
-            self.inbuf.clear();
-            self.pos = 0;
-        } else if self.pos > 0 && self.inbuf.len() + data.len() > self.inbuf.capacity() {
-            // Reclaim the consumed prefix instead of growing the allocation: the memmove is of at
-            // most one partial frame and only happens when we would otherwise reallocate.
-            self.inbuf.drain(..self.pos);
-            self.pos = 0;
+    /// Makes room for at least `want` more bytes after the buffered ones: moves a partial
+    /// frame to the front (only when the space at the end is too small) or grows the buffer.
+    fn reserve_input(&mut self, want: usize, grow_to: usize) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
         }
-        self.inbuf.extend_from_slice(data);
+        if self.inbuf.len() - self.end >= want {
+            return;
+        }
+        if self.start > 0 {
+            // Everything complete was decrypted before, so this moves at most one partial
+            // frame (≤ 65537 bytes).
+            self.inbuf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.inbuf.len() - self.end < want {
+            self.inbuf.resize((self.end + want).max(grow_to), 0);
+        }
+    }
+
+    /// Raw ciphertext bytes from the wire (any split), buffered until [`Transport::read_plaintext`]
+    /// or [`Transport::decrypt_next`].
+    ///
+    /// Drain complete frames after each call: the buffer then holds at most one partial frame
+    /// (≤ 65537 bytes) plus the latest input.
+    pub fn handle_input(&mut self, data: &[u8]) {
+        self.reserve_input(data.len(), 0);
+        self.inbuf[self.end..self.end + data.len()].copy_from_slice(data);
+        self.end += data.len();
+        self.last_input = data.len();
+    }
+
+    /// Free space of at least `want` bytes (all the free space there is; a newly allocated
+    /// buffer gets `2 × want`, so reads can be larger than `want` and partial frames are moved
+    /// to the front less often) to receive ciphertext into directly, saving the copy of
+    /// [`Transport::handle_input`]; report how much was written with
+    /// [`Transport::commit_input`]. The space is zero-initialised only when it is first
+    /// allocated, so it may hold old bytes.
+    pub fn input_space(&mut self, want: usize) -> &mut [u8] {
+        self.reserve_input(want, want.saturating_mul(2));
+        &mut self.inbuf[self.end..]
+    }
+
+    /// Like [`Transport::input_space`], sized by recent traffic: `busy_want` bytes when the
+    /// latest read was at least 4 KiB or a partial frame is buffered, 4 KiB
+    /// otherwise. A connection that only receives the odd small message (keep-alive pings,
+    /// window updates) then never allocates a frame-sized buffer; one read that fills the
+    /// small space switches it to large reads.
+    pub fn read_space(&mut self, busy_want: usize) -> &mut [u8] {
+        let want = if self.last_input >= IDLE_READ || self.start != self.end {
+            busy_want
+        } else {
+            IDLE_READ
+        };
+        self.input_space(want)
+    }
+
+    /// Marks `n` bytes written into [`Transport::input_space`] as received (clamped to the
+    /// space there is).
+    pub fn commit_input(&mut self, n: usize) {
+        let n = n.min(self.inbuf.len() - self.end);
+        self.end += n;
+        self.last_input = n;
+    }
+
+    /// Decrypts the next complete frame in place and returns its plaintext (possibly empty),
+    /// or `None` when no complete frame is buffered.
+    ///
+    /// Errors on a frame that fails authentication (tampered, truncated below the tag,
+    /// replayed) or on nonce exhaustion; the connection must then be dropped.
+    pub fn decrypt_next(&mut self) -> Result<Option<&[u8]>, Error> {
+        let Some(len) = complete_frame_len(&self.inbuf[self.start..self.end]) else {
+            return Ok(None);
+        };
+        let body = self.start + LEN_PREFIX;
+        // The frame is consumed whatever happens: after an error the connection is dead anyway.
+        self.start = body + len;
+        if len < TAG_LEN {
+            // Shorter than the tag: cannot be authentic.
+            return Err(Error::Decrypt);
+        }
+        let nonce = self.recv.next_nonce()?;
+        let frame = &mut self.inbuf[body..body + len];
+        match self.recv.key.open_in_place(nonce, Aad::empty(), frame) {
+            Ok(plain) => Ok(Some(plain)),
+            Err(_) => Err(Error::Decrypt),
+        }
+    }
+
+    /// Decrypts in place every complete frame buffered and appends the positions of their
+    /// plaintexts to `ranges`; get the bytes with [`Transport::plaintext`]. The positions stay
+    /// valid until the next call that feeds input, decrypts or releases the buffer. Lets a
+    /// driver decrypt without holding a lock, then hand the plaintext over under it.
+    ///
+    /// Errors like [`Transport::decrypt_next`]; ranges of the frames before the bad one are
+    /// still appended.
+    pub fn decrypt_buffered(&mut self, ranges: &mut Vec<Range<usize>>) -> Result<(), Error> {
+        loop {
+            let body = self.start + LEN_PREFIX;
+            match self.decrypt_next()? {
+                Some(p) => {
+                    let n = p.len();
+                    ranges.push(body..body + n);
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Plaintext at a position reported by [`Transport::decrypt_buffered`] (empty if the
+    /// position is stale and out of bounds).
+    pub fn plaintext(&self, range: Range<usize>) -> &[u8] {
+        self.inbuf.get(range).unwrap_or(&[])
     }
 
     /// Decrypts every complete frame buffered, appending the plaintext to `out`; returns the number of
@@ -71,31 +239,82 @@ impl Transport {
     /// one stays in `out`.
     pub fn read_plaintext(&mut self, out: &mut Vec<u8>) -> Result<usize, Error> {
         let before = out.len();
-        while let Some(len) = complete_frame_len(&self.inbuf[self.pos..]) {
-            // A frame shorter than the tag cannot be authentic; checked here because the plaintext
-            // length below would underflow.
-            let Some(plain_len) = len.checked_sub(TAG_LEN) else {
-                return Err(Error::Decrypt);
-            };
-            let body = self.pos + LEN_PREFIX;
-            let frame = &self.inbuf[body..body + len];
-            // Decrypt straight into `out`: no intermediate buffer per frame.
-            let start = out.len();
-            out.resize(start + plain_len, 0);
-            match self.state.read_message(frame, &mut out[start..]) {
-                Ok(n) => out.truncate(start + n),
-                Err(e) => {
-                    out.truncate(start);
-                    return Err(e.into());
-                }
-            }
-            self.pos = body + len;
+        while let Some(plain) = self.decrypt_next()? {
+            out.extend_from_slice(plain);
         }
-        if self.pos == self.inbuf.len() {
-            self.inbuf.clear();
-            self.pos = 0;
-        }
+        self.release_if_idle();
         Ok(out.len() - before)
+    }
+
+    /// Frees the input buffer when it holds nothing and the latest read was small, so an idle
+    /// connection does not pin a frame-sized buffer (the next large read allocates it again).
+    /// Returns whether it was freed.
+    pub fn release_if_idle(&mut self) -> bool {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.last_input < IDLE_READ && !self.inbuf.is_empty() {
+                self.inbuf = Vec::new();
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Starts an outgoing frame at the end of `out`: appends the two length bytes (filled in by
+    /// [`Transport::seal_frame`]) and returns the frame's start offset. Append at most
+    /// [`MAX_PLAINTEXT`] plaintext bytes to `out`, then call `seal_frame(out, start)`.
+    pub fn begin_frame(&self, out: &mut Vec<u8>) -> usize {
+        let start = out.len();
+        out.extend_from_slice(&[0, 0]);
+        start
+    }
+
+    /// Encrypts in place the frame begun at `start` by [`Transport::begin_frame`] (its plaintext
+    /// is everything in `out` after the length bytes), appends the tag and writes the length.
+    ///
+    /// Errors if the plaintext exceeds [`MAX_PLAINTEXT`] or on nonce exhaustion; `out` is then
+    /// truncated back to `start`.
+    pub fn seal_frame(&mut self, out: &mut Vec<u8>, start: usize) -> Result<(), Error> {
+        if out.len() < start + LEN_PREFIX {
+            out.truncate(start);
+            return Err(Error::FrameTooLarge);
+        }
+        out.extend_from_slice(&[0u8; TAG_LEN]);
+        let res = self.seal_in_place(&mut out[start..]);
+        if res.is_err() {
+            out.truncate(start);
+        }
+        res
+    }
+
+    /// Encrypts one frame laid out in place as `length (2 bytes) || plaintext || tag space (16
+    /// bytes)`: the plaintext is encrypted where it is, and the tag and the length are written
+    /// into their slots. This lets a caller lay out several frames in one buffer (while holding
+    /// a lock, say) and seal them afterwards, in order.
+    ///
+    /// Errors if the plaintext exceeds [`MAX_PLAINTEXT`] or the slice is shorter than the length
+    /// and tag slots (nothing is changed then), or on nonce exhaustion.
+    pub fn seal_in_place(&mut self, frame: &mut [u8]) -> Result<(), Error> {
+        let Some(plain_len) = frame.len().checked_sub(LEN_PREFIX + TAG_LEN) else {
+            return Err(Error::FrameTooLarge);
+        };
+        if plain_len > MAX_PLAINTEXT {
+            return Err(Error::FrameTooLarge);
+        }
+        let nonce = self.send.next_nonce()?;
+        let (len_slot, rest) = frame.split_at_mut(LEN_PREFIX);
+        let (plain, tag_slot) = rest.split_at_mut(plain_len);
+        let tag = self
+            .send
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::empty(), plain)
+            // ring fails only on inputs longer than the AEAD's limit (far above ours).
+            .map_err(|_| Error::FrameTooLarge)?;
+        tag_slot.copy_from_slice(tag.as_ref());
+        // plain_len + TAG_LEN ≤ MAX_FRAME = u16::MAX, checked above.
+        len_slot.copy_from_slice(&((plain_len + TAG_LEN) as u16).to_be_bytes());
+        Ok(())
     }
 
     /// Encrypts `plaintext` (any length, split into [`MAX_PLAINTEXT`] chunks), appending the framed
@@ -107,47 +326,33 @@ impl Transport {
         let frames = plaintext.len().div_ceil(MAX_PLAINTEXT);
         out.reserve(plaintext.len() + frames * (LEN_PREFIX + TAG_LEN));
         for chunk in plaintext.chunks(MAX_PLAINTEXT) {
-            let start = out.len();
-            let body = start + LEN_PREFIX;
-            out.resize(body + chunk.len() + TAG_LEN, 0);
-            let n = match self.state.write_message(chunk, &mut out[body..]) {
-                Ok(n) => n,
-                Err(e) => {
-                    out.truncate(start);
-                    return Err(e.into());
-                }
-            };
-            // n = chunk.len() + TAG_LEN ≤ MAX_FRAME by construction of the chunks.
-            let Ok(len) = u16::try_from(n) else {
-                out.truncate(start);
-                return Err(Error::FrameTooLarge);
-            };
-            out.truncate(body + n);
-            out[start..body].copy_from_slice(&len.to_be_bytes());
+            let start = self.begin_frame(out);
+            out.extend_from_slice(chunk);
+            self.seal_frame(out, start)?;
         }
         Ok(())
     }
 
     /// Number of ciphertext bytes buffered but not yet decrypted (a partial frame, normally).
     pub fn buffered_input(&self) -> usize {
-        self.inbuf.len() - self.pos
+        self.end - self.start
     }
 
     /// Whether we were the handshake initiator.
     pub fn is_initiator(&self) -> bool {
-        self.state.is_initiator()
+        self.initiator
     }
 }
 
 #[cfg(test)]
 impl Transport {
-    /// Test access to the raw session, e.g. to forge frames a peer could legally send.
-    pub(crate) fn state_mut_for_test(&mut self) -> &mut snow::TransportState {
-        &mut self.state
-    }
-
     /// Test access to the input buffer's allocation size.
     pub(crate) fn inbuf_capacity_for_test(&self) -> usize {
         self.inbuf.capacity()
+    }
+
+    /// Test access to the send counter, e.g. to exercise nonce exhaustion.
+    pub(crate) fn set_send_nonce_for_test(&mut self, n: u64) {
+        self.send.nonce = n;
     }
 }

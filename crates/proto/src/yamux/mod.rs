@@ -34,6 +34,10 @@ pub type StreamId = u32;
 /// The initial per-stream window every yamux peer assumes for the other side (256 KiB).
 pub const DEFAULT_WINDOW: u32 = 256 * 1024;
 
+/// Default [`Config::max_frame_payload`]: a Data frame with its header exactly fills one
+/// Noise transport message (65535 − 16 bytes of tag).
+pub const MAX_FRAME_PAYLOAD: usize = 65535 - 16 - HEADER_LEN;
+
 /// Go Away code: normal termination.
 pub const GO_AWAY_NORMAL: u32 = 0;
 /// Go Away code: protocol error.
@@ -78,9 +82,10 @@ impl Default for Config {
             max_receive_window: 16 * 1024 * 1024,
             max_streams: 1024,
             max_send_buffer: 256 * 1024,
-            // 16 KiB: small enough for fair interleaving and to fit a Noise message
-            // (65519 bytes) several times over; header overhead is still < 0.1 %.
-            max_frame_payload: 16 * 1024,
+            // One Data frame (12-byte header + payload) fills one Noise message of 65519
+            // plaintext bytes: the fewest frames, headers and AEAD calls per byte, and
+            // still small enough for streams to interleave fairly.
+            max_frame_payload: MAX_FRAME_PAYLOAD,
             max_ack_backlog: 256,
             keepalive_interval: Some(Duration::from_secs(30)),
         }

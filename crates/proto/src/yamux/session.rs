@@ -358,8 +358,34 @@ impl Session {
     /// 0 if there is nothing to send. Order: session control frames, then per-stream
     /// window updates / SYN / ACK, then data round robin, one frame per stream per turn.
     pub fn poll_transmit(&mut self, out: &mut Vec<u8>, max: usize) -> usize {
+        self.transmit(out, max, false)
+    }
+
+    /// Like [`Session::poll_transmit`], but `out` never grows beyond `max` bytes: frames that
+    /// do not fit wait for the next call, and Data frames are cut to the room left. For
+    /// building an encrypted frame in place, whose plaintext has a hard size limit.
+    pub fn poll_transmit_bounded(&mut self, out: &mut Vec<u8>, max: usize) -> usize {
+        self.transmit(out, max, true)
+    }
+
+    /// Whether [`Session::poll_transmit`] would return something now (a conservative answer:
+    /// it may occasionally say yes and then find nothing). Lets a driver skip waking up
+    /// after reads that freed no window worth announcing.
+    pub fn wants_transmit(&self) -> bool {
+        !self.ctrl.is_empty() || !self.stream_ctrl.is_empty() || !self.send_rr.is_empty()
+    }
+
+    fn transmit(&mut self, out: &mut Vec<u8>, max: usize, bounded: bool) -> usize {
         let start = out.len();
-        while out.len() < max {
+        // In bounded mode a frame header must fit entirely.
+        let fits = |out: &Vec<u8>| {
+            if bounded {
+                out.len() + HEADER_LEN <= max
+            } else {
+                out.len() < max
+            }
+        };
+        while fits(out) {
             let Some(h) = self.ctrl.pop_front() else {
                 break;
             };
@@ -371,7 +397,7 @@ impl Session {
         if self.fatal.is_some() {
             return out.len() - start;
         }
-        while out.len() < max {
+        while fits(out) {
             let Some(id) = self.stream_ctrl.pop_front() else {
                 break;
             };
@@ -390,17 +416,18 @@ impl Session {
             let delta = std::mem::take(&mut s.pending_window_update);
             out.extend_from_slice(&Header::window_update(id, delta, flags).encode());
         }
-        while out.len() < max {
+        // Bounded: a data frame gets at least some payload, or waits for the next call.
+        while fits(out) && (!bounded || out.len() + HEADER_LEN < max) {
             let Some(id) = self.send_rr.pop_front() else {
                 break;
             };
-            self.send_data_frame(id, out, max);
+            self.send_data_frame(id, out, max, bounded);
         }
         out.len() - start
     }
 
     /// Emits one Data frame for `id` (if it can send) and requeues it if it has more.
-    fn send_data_frame(&mut self, id: StreamId, out: &mut Vec<u8>, max: usize) {
+    fn send_data_frame(&mut self, id: StreamId, out: &mut Vec<u8>, max: usize, bounded: bool) {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
@@ -423,12 +450,17 @@ impl Session {
             return;
         }
         let room = max.saturating_sub(out.len()).saturating_sub(HEADER_LEN);
+        let room = if bounded {
+            room
+        } else {
+            room.max(MIN_FITTED_PAYLOAD)
+        };
         let len = s
             .send_buf
             .len()
             .min(s.send_window as usize)
             .min(self.config.max_frame_payload)
-            .min(room.max(MIN_FITTED_PAYLOAD));
+            .min(room);
         let flags = std::mem::take(&mut s.pending_flags);
         // len <= send_window (a u32), so the cast is lossless.
         out.extend_from_slice(&Header::data(id, len as u32, flags).encode());
