@@ -482,6 +482,17 @@ impl Node {
     }
 
     pub(crate) fn set_peer_info(&self, peer: PeerId, info: PeerInfo) {
+        // Only for connected peers: an answer that arrives after the last connection
+        // closed would otherwise stay forever.
+        let connected = self
+            .inner
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&peer);
+        if !connected {
+            return;
+        }
         self.inner
             .peers
             .lock()
@@ -657,6 +668,13 @@ impl Node {
                 v.retain(|c| c.id() != conn.id());
                 if v.is_empty() {
                     map.remove(&peer);
+                    // What identify told us goes with the last connection: a relay meets
+                    // many peers once, and must not keep them all.
+                    self.inner
+                        .peers
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&peer);
                 }
             }
         }
