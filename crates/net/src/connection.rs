@@ -380,6 +380,87 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Reads up to `max` bytes (`max > 0`) as an owned chunk; an empty chunk is the end of
+    /// the stream. The chunk the session buffered is handed over without copying when it
+    /// fits, so a relay moving data with this and [`Stream::poll_write_chunk`] copies no
+    /// payload bytes between two connections.
+    pub fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Vec<u8>>> {
+        if self.unconfirmed.is_some() || self.prefix_pos < self.prefix.len() {
+            // Negotiation leftovers: the plain read path handles them.
+            let mut buf = vec![0u8; max.min(16 * 1024)];
+            let mut rb = ReadBuf::new(&mut buf);
+            return match Pin::new(&mut *self).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    buf.truncate(n);
+                    Poll::Ready(Ok(buf))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        let mut st = lock(&self.conn.shared);
+        match st.session.stream_read_chunk(self.id, max) {
+            Ok(chunk) => {
+                if st.session.wants_transmit() {
+                    st.wake_driver();
+                }
+                Poll::Ready(Ok(chunk))
+            }
+            Err(StreamError::WouldBlock) if st.closed.is_none() => {
+                st.wakers.entry(self.id).or_default().read = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            Err(e) => {
+                let closed = st.closed.clone();
+                Poll::Ready(Err(stream_err(e, &closed)))
+            }
+        }
+    }
+
+    /// Queues the whole of `chunk` for sending without copying it; on `Ready(Ok)` the chunk
+    /// has been taken (left empty). `Pending` when the send buffer has no room for it (the
+    /// chunk stays with the caller).
+    pub fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Vec<u8>,
+    ) -> Poll<io::Result<()>> {
+        let mut st = lock(&self.conn.shared);
+        if let Some(why) = &st.closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                why.clone(),
+            )));
+        }
+        match st
+            .session
+            .stream_write_chunk(self.id, std::mem::take(chunk))
+        {
+            Ok(()) => {
+                st.wake_driver();
+                Poll::Ready(Ok(()))
+            }
+            Err((StreamError::WouldBlock, c)) => {
+                *chunk = c;
+                st.wakers.entry(self.id).or_default().write = Some(cx.waker().clone());
+                st.wake_driver();
+                Poll::Pending
+            }
+            Err((e, c)) => {
+                *chunk = c;
+                let closed = st.closed.clone();
+                Poll::Ready(Err(stream_err(e, &closed)))
+            }
+        }
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -1,16 +1,22 @@
 //! The circuit bridge: copies bytes between the source's hop stream and the
 //! target's stop stream, both ways, under the circuit's limit.
 //!
-//! One fixed buffer per direction, no allocation per chunk; backpressure comes
-//! from the streams' yamux windows (a write that cannot proceed stops the read).
+//! One future drives both directions. Between two of our yamux streams the chunks the
+//! receiving session buffered are moved, not copied, into the sending session; backpressure
+//! comes from the streams' yamux windows and send buffers (a write that cannot proceed stops
+//! the reads of its direction).
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use circuit_net::Stream;
 use circuit_proto::relay::Limit;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Which way a forwarded chunk went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,64 +74,221 @@ pub struct BridgeStats {
     pub end: BridgeEnd,
 }
 
+#[derive(Debug, Clone, Copy)]
 enum DirEnd {
     Eof,
     Limit,
     Err,
 }
 
-async fn copy_dir<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-    r: &mut R,
-    w: &mut W,
-    max: Option<u64>,
+/// What the bridge needs of each side: owned chunks in, owned chunks out. Our yamux
+/// [`Stream`] hands its buffered chunks over as they are (no payload copy between the two
+/// connections); any other `AsyncRead + AsyncWrite` goes through [`Buffered`].
+pub(crate) trait Side: Unpin {
+    /// Reads up to `max` (> 0) bytes; an empty chunk is the end of the stream.
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Vec<u8>>>;
+    /// Writes the whole chunk; on `Ready(Ok)` it has been taken (left empty).
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Vec<u8>,
+    ) -> Poll<io::Result<()>>;
+    /// Half-closes the write side.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Side for Stream {
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Vec<u8>>> {
+        Stream::poll_read_chunk(self, cx, max)
+    }
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Vec<u8>,
+    ) -> Poll<io::Result<()>> {
+        Stream::poll_write_chunk(self, cx, chunk)
+    }
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self).poll_shutdown(cx)
+    }
+}
+
+/// Any `AsyncRead + AsyncWrite` as a [`Side`]: reads into a buffer of `buf_size` bytes (one
+/// allocation per chunk read), writes with partial-write tracking.
+pub(crate) struct Buffered<T> {
+    io: T,
     buf_size: usize,
-    counters: &[&AtomicU64],
-    dir_total: &AtomicU64,
-    tap: Option<(&Tap, Direction)>,
-) -> DirEnd {
-    let mut buf = vec![0u8; buf_size];
-    let mut total = 0u64;
-    loop {
-        dir_total.store(total, Ordering::Relaxed);
-        // Never read more than the limit lets through: the byte after it is never forwarded.
-        let want = match max {
-            Some(m) if total >= m => return DirEnd::Limit,
-            Some(m) => ((m - total) as usize).min(buf.len()),
-            None => buf.len(),
-        };
-        let n = match r.read(&mut buf[..want]).await {
-            Ok(0) => {
-                let _ = w.shutdown().await;
-                return DirEnd::Eof;
+    /// Bytes of the chunk being written that are already written.
+    written: usize,
+}
+
+impl<T> Buffered<T> {
+    pub(crate) fn new(io: T, buf_size: usize) -> Self {
+        Buffered {
+            io,
+            buf_size: buf_size.max(1),
+            written: 0,
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Side for Buffered<T> {
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Vec<u8>>> {
+        let mut buf = vec![0u8; max.min(self.buf_size)];
+        let mut rb = ReadBuf::new(&mut buf);
+        match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                buf.truncate(n);
+                Poll::Ready(Ok(buf))
             }
-            Ok(n) => n,
-            Err(_) => return DirEnd::Err,
-        };
-        if w.write_all(&buf[..n]).await.is_err() {
-            return DirEnd::Err;
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
         }
-        if let Some((tap, dir)) = tap {
-            (tap.0)(dir, &buf[..n]);
+    }
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Vec<u8>,
+    ) -> Poll<io::Result<()>> {
+        while self.written < chunk.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &chunk[self.written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        total += n as u64;
-        for c in counters {
-            c.fetch_add(n as u64, Ordering::Relaxed);
+        self.written = 0;
+        chunk.clear();
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Chunks moved per direction per poll before yielding, so one busy circuit cannot keep a
+/// runtime thread from everything else.
+const CHUNKS_PER_POLL: usize = 64;
+
+/// One direction of the bridge.
+struct Dir<'a> {
+    max: Option<u64>,
+    /// Largest chunk read at once.
+    chunk_max: usize,
+    total: u64,
+    /// A chunk read and not yet written on.
+    pending: Vec<u8>,
+    /// The source ended (or, at the limit, was found to end): closing the destination.
+    closing: bool,
+    /// The limit was reached: checking whether the source ends right there.
+    probing: bool,
+    end: Option<DirEnd>,
+    counters: &'a [&'a AtomicU64],
+    tap: Option<(&'a Tap, Direction)>,
+}
+
+impl<'a> Dir<'a> {
+    fn new(
+        max: Option<u64>,
+        chunk_max: usize,
+        counters: &'a [&'a AtomicU64],
+        tap: Option<(&'a Tap, Direction)>,
+    ) -> Self {
+        Dir {
+            max,
+            chunk_max,
+            total: 0,
+            pending: Vec::new(),
+            closing: false,
+            probing: false,
+            end: None,
+            counters,
+            tap,
         }
-        if let Some(m) = max {
-            if total >= m {
-                // The limit allows exactly m bytes; anything more would be over it.
-                // Peek whether more is coming: if the source ends right here, it's a clean end.
-                let mut probe = [0u8; 1];
-                dir_total.store(total, Ordering::Relaxed);
-                return match r.read(&mut probe).await {
-                    Ok(0) => {
-                        let _ = w.shutdown().await;
-                        DirEnd::Eof
+    }
+
+    /// Moves chunks from `r` to `w` until something blocks, the direction ends, or the
+    /// per-poll budget is spent (then `Ready(false)`: poll again soon). `Ready(true)` when it
+    /// ended, `Pending` when blocked.
+    fn poll<R: Side, W: Side>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> Poll<bool> {
+        if self.end.is_some() {
+            return Poll::Ready(true);
+        }
+        for _ in 0..CHUNKS_PER_POLL {
+            if self.closing {
+                return match w.poll_close(cx) {
+                    Poll::Ready(_) => {
+                        self.end = Some(DirEnd::Eof);
+                        Poll::Ready(true)
                     }
-                    _ => DirEnd::Limit,
+                    Poll::Pending => Poll::Pending,
                 };
             }
+            if !self.pending.is_empty() {
+                let n = self.pending.len() as u64;
+                if let Some((tap, dir)) = self.tap {
+                    // A copy only when observed: the tap sees exactly what was written on.
+                    let copy = self.pending.clone();
+                    match w.poll_write_chunk(cx, &mut self.pending) {
+                        Poll::Ready(Ok(())) => (tap.0)(dir, &copy),
+                        Poll::Ready(Err(_)) => {
+                            self.end = Some(DirEnd::Err);
+                            return Poll::Ready(true);
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    }
+                } else {
+                    match w.poll_write_chunk(cx, &mut self.pending) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(_)) => {
+                            self.end = Some(DirEnd::Err);
+                            return Poll::Ready(true);
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                self.total += n;
+                for c in self.counters {
+                    c.fetch_add(n, Ordering::Relaxed);
+                }
+                continue;
+            }
+            // Never read more than the limit lets through: the byte after it is never forwarded.
+            let want = match self.max {
+                Some(m) if self.total >= m => {
+                    // The limit allows exactly m bytes; peek whether the source ends right
+                    // here (a clean end) or has more (over the limit).
+                    self.probing = true;
+                    1
+                }
+                Some(m) => usize::try_from(m - self.total)
+                    .unwrap_or(usize::MAX)
+                    .min(self.chunk_max),
+                None => self.chunk_max,
+            };
+            match r.poll_read_chunk(cx, want) {
+                Poll::Ready(Ok(chunk)) if chunk.is_empty() => self.closing = true,
+                Poll::Ready(Ok(_)) if self.probing => {
+                    self.end = Some(DirEnd::Limit);
+                    return Poll::Ready(true);
+                }
+                Poll::Ready(Ok(chunk)) => self.pending = chunk,
+                Poll::Ready(Err(_)) if self.probing => {
+                    self.end = Some(DirEnd::Limit);
+                    return Poll::Ready(true);
+                }
+                Poll::Ready(Err(_)) => {
+                    self.end = Some(DirEnd::Err);
+                    return Poll::Ready(true);
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
+        Poll::Ready(false)
     }
 }
 
@@ -159,76 +322,65 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    bridge_counted(src, dst, limit, buf_size, &[relayed], &[relayed], tap).await
+    bridge_counted(
+        Buffered::new(src, buf_size),
+        Buffered::new(dst, buf_size),
+        limit,
+        buf_size,
+        &[relayed],
+        &[relayed],
+        tap,
+    )
+    .await
 }
 
-/// [`bridge_tapped`] with separate counters per direction (each forwarded byte
-/// is added to every counter of its direction): totals and metrics at once.
-pub(crate) async fn bridge_counted<A, B>(
-    src: A,
-    dst: B,
+/// [`bridge_tapped`] over [`Side`]s with separate counters per direction (each forwarded
+/// byte is added to every counter of its direction): totals and metrics at once. One future
+/// drives both directions (no task, lock or split per direction). `buf_size` caps the bytes
+/// moved per chunk (our streams buffer chunks of at most 16 KiB, so the default moves them
+/// whole).
+pub(crate) async fn bridge_counted<A: Side, B: Side>(
+    mut src: A,
+    mut dst: B,
     limit: Limit,
     buf_size: usize,
     up_counters: &[&AtomicU64],
     down_counters: &[&AtomicU64],
     tap: Option<&Tap>,
-) -> BridgeStats
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut sr, mut sw) = tokio::io::split(src);
-    let (mut dr, mut dw) = tokio::io::split(dst);
-    let (up_total, down_total) = (AtomicU64::new(0), AtomicU64::new(0));
-    let up_tap = tap.map(|t| (t, Direction::SrcToDst));
-    let down_tap = tap.map(|t| (t, Direction::DstToSrc));
-    let up = copy_dir(
-        &mut sr,
-        &mut dw,
+) -> BridgeStats {
+    let chunk_max = buf_size.max(1);
+    let mut up = Dir::new(
         limit.data,
-        buf_size,
+        chunk_max,
         up_counters,
-        &up_total,
-        up_tap,
+        tap.map(|t| (t, Direction::SrcToDst)),
     );
-    let down = copy_dir(
-        &mut dr,
-        &mut sw,
+    let mut down = Dir::new(
         limit.data,
-        buf_size,
+        chunk_max,
         down_counters,
-        &down_total,
-        down_tap,
+        tap.map(|t| (t, Direction::DstToSrc)),
     );
-    tokio::pin!(up);
-    tokio::pin!(down);
-    let both = async {
+    let both = std::future::poll_fn(|cx| {
+        let u = up.poll(cx, &mut src, &mut dst);
+        let d = down.poll(cx, &mut dst, &mut src);
         // Finish when both are done, or as soon as one hits its limit or fails.
-        let mut up_res = None;
-        let mut down_res = None;
-        loop {
-            tokio::select! {
-                r = &mut up, if up_res.is_none() => {
-                    let stop = !matches!(r, DirEnd::Eof);
-                    up_res = Some(r);
-                    if stop { break; }
-                }
-                r = &mut down, if down_res.is_none() => {
-                    let stop = !matches!(r, DirEnd::Eof);
-                    down_res = Some(r);
-                    if stop { break; }
-                }
-            }
-            if up_res.is_some() && down_res.is_some() {
-                break;
-            }
+        let stopped = |e: Option<DirEnd>| matches!(e, Some(DirEnd::Limit | DirEnd::Err));
+        if (up.end.is_some() && down.end.is_some()) || stopped(up.end) || stopped(down.end) {
+            return Poll::Ready(());
         }
-        (up_res, down_res)
-    };
+        if matches!(u, Poll::Ready(false)) || matches!(d, Poll::Ready(false)) {
+            // Budget spent with work left: come back after others had their turn.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    });
     let deadline = limit.duration.unwrap_or(Duration::from_secs(u64::MAX / 4));
-    let (up_res, down_res, timed_out) = match tokio::time::timeout(deadline, both).await {
-        Ok((u, d)) => (u, d, false),
-        Err(_) => (None, None, true),
+    let timed_out = tokio::time::timeout(deadline, both).await.is_err();
+    let (up_res, down_res) = if timed_out {
+        (None, None)
+    } else {
+        (up.end, down.end)
     };
     let end = if timed_out {
         BridgeEnd::DurationLimit
@@ -240,8 +392,8 @@ where
         BridgeEnd::Done
     };
     BridgeStats {
-        src_to_dst: up_total.load(Ordering::Relaxed),
-        dst_to_src: down_total.load(Ordering::Relaxed),
+        src_to_dst: up.total,
+        dst_to_src: down.total,
         end,
     }
 }
@@ -255,6 +407,7 @@ impl From<io::Error> for BridgeEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn copies_both_ways_until_both_close() {

@@ -17,6 +17,7 @@
 //!   Data frame), never before.
 //! - Data for unknown streams without SYN (e.g. streams we reset and forgot) is discarded.
 
+mod buf;
 mod frame;
 mod session;
 mod stream;

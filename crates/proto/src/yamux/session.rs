@@ -18,10 +18,6 @@ const MAX_CONTROL_BACKLOG: usize = 4096;
 /// When fitting a Data frame to the caller's `max`, never make it smaller than this
 /// (overshooting instead), so we do not emit tiny frames.
 const MIN_FITTED_PAYLOAD: usize = 1024;
-/// An emptied stream buffer with more capacity than this is freed, so idle streams after a
-/// burst do not pin up to a window's worth of memory each (bulk streams pay a few
-/// reallocations per window, negligible next to the copying).
-const SHRINK_EMPTY_ABOVE: usize = 64 * 1024;
 
 /// Where the input parser is.
 #[derive(Debug)]
@@ -464,14 +460,7 @@ impl Session {
         let flags = std::mem::take(&mut s.pending_flags);
         // len <= send_window (a u32), so the cast is lossless.
         out.extend_from_slice(&Header::data(id, len as u32, flags).encode());
-        let (a, b) = s.send_buf.as_slices();
-        let from_a = len.min(a.len());
-        out.extend_from_slice(&a[..from_a]);
-        out.extend_from_slice(&b[..len - from_a]);
-        s.send_buf.drain(..len);
-        if s.send_buf.is_empty() && s.send_buf.capacity() > SHRINK_EMPTY_ABOVE {
-            s.send_buf = Default::default();
-        }
+        s.send_buf.write_to(out, len);
         s.send_window -= len as u32;
         if s.write_blocked && s.send_buf.len() < self.config.max_send_buffer {
             s.write_blocked = false;
@@ -543,21 +532,73 @@ impl Session {
                 Err(StreamError::WouldBlock)
             };
         }
-        let (a, b) = s.recv_buf.as_slices();
-        let from_a = a.len().min(buf.len());
-        buf[..from_a].copy_from_slice(&a[..from_a]);
-        let from_b = b.len().min(buf.len() - from_a);
-        buf[from_a..from_a + from_b].copy_from_slice(&b[..from_b]);
-        let n = from_a + from_b;
-        s.recv_buf.drain(..n);
-        if s.recv_buf.is_empty() && s.recv_buf.capacity() > SHRINK_EMPTY_ABOVE {
-            s.recv_buf = Default::default();
-        }
+        let n = s.recv_buf.read(buf);
         // n <= recv_buf.len() <= receive window (a u32).
         if s.credit(n as u32, threshold) {
             self.schedule_ctrl(id);
         }
         Ok(n)
+    }
+
+    /// Like [`Session::stream_read`], but hands out up to `max` buffered bytes as an owned
+    /// chunk, without copying when a whole buffered chunk fits (see [`Session::stream_write_chunk`]
+    /// for the other half of a copy-free relay). `Ok(empty)` is end of stream (or `max == 0`).
+    pub fn stream_read_chunk(&mut self, id: StreamId, max: usize) -> Result<Vec<u8>, StreamError> {
+        let threshold = self.config.initial_window / 2;
+        let s = self.streams.get_mut(&id).ok_or(StreamError::Unknown)?;
+        s.read_notified = false;
+        if s.reset {
+            return Err(StreamError::Reset);
+        }
+        if s.released {
+            return Err(StreamError::Closed);
+        }
+        let Some(chunk) = s.recv_buf.pop_chunk(max) else {
+            return if s.remote_fin || max == 0 {
+                Ok(Vec::new())
+            } else {
+                Err(StreamError::WouldBlock)
+            };
+        };
+        // chunk.len() <= receive window (a u32).
+        if s.credit(chunk.len() as u32, threshold) {
+            self.schedule_ctrl(id);
+        }
+        Ok(chunk)
+    }
+
+    /// Queues a whole chunk for sending without copying it. Accepted when it fits the free
+    /// send buffer (or the buffer is empty, for a chunk larger than the whole buffer);
+    /// otherwise `Err((WouldBlock, chunk))` hands it back and [`Event::Writable`] follows
+    /// once there is room. Other errors as [`Session::stream_write`].
+    pub fn stream_write_chunk(
+        &mut self,
+        id: StreamId,
+        chunk: Vec<u8>,
+    ) -> Result<(), (StreamError, Vec<u8>)> {
+        let max_buf = self.config.max_send_buffer;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Err((StreamError::Unknown, chunk));
+        };
+        if s.reset {
+            return Err((StreamError::Reset, chunk));
+        }
+        if s.released || s.fin_pending || s.fin_sent {
+            return Err((StreamError::Closed, chunk));
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let free = max_buf.saturating_sub(s.send_buf.len());
+        if chunk.len() > free && !s.send_buf.is_empty() {
+            s.write_blocked = true;
+            return Err((StreamError::WouldBlock, chunk));
+        }
+        s.send_buf.push_chunk(chunk);
+        if s.has_sendable() {
+            self.schedule_send(id);
+        }
+        Ok(())
     }
 
     /// Buffers up to `min(data.len(), free send buffer)` bytes for sending.

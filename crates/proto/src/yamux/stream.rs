@@ -1,7 +1,6 @@
 //! Per-stream state kept by the session.
 
-use std::collections::VecDeque;
-
+use super::buf::ChunkBuf;
 use super::frame::Flags;
 
 /// State of one stream. Buffers are bounded: `recv_buf` by the receive window (the session
@@ -9,7 +8,7 @@ use super::frame::Flags;
 #[derive(Debug, Default)]
 pub(crate) struct Stream {
     /// Received, not yet read bytes.
-    pub recv_buf: VecDeque<u8>,
+    pub recv_buf: ChunkBuf,
     /// Bytes the peer may still send us.
     pub recv_window: u32,
     /// Bytes read by the application but not yet returned to the peer as window.
@@ -20,7 +19,7 @@ pub(crate) struct Stream {
     pub remote_fin: bool,
 
     /// Accepted, not yet transmitted bytes.
-    pub send_buf: VecDeque<u8>,
+    pub send_buf: ChunkBuf,
     /// Bytes we may still send (peer's window for us).
     pub send_window: u32,
     /// `stream_finish` was called; FIN goes out after `send_buf` drains.
@@ -92,8 +91,8 @@ impl Stream {
     /// Drops buffers and pending work after a reset.
     pub fn clear_for_reset(&mut self) {
         self.reset = true;
-        self.recv_buf = VecDeque::new();
-        self.send_buf = VecDeque::new();
+        self.recv_buf = ChunkBuf::default();
+        self.send_buf = ChunkBuf::default();
         self.fin_pending = false;
         self.pending_window_update = 0;
         self.pending_flags = Flags::NONE;
