@@ -1245,15 +1245,12 @@ async fn departed_peers_do_not_grow_memory() {
     // A relay on a public IP sees millions of distinct peers over months: what it
     // keeps of a peer must go with its last connection.
     //
-    // PRODUCT BUG (found by this test; for the lead to fix): circuit_net::Node
-    // keeps every identified peer's PeerInfo in `Inner::peers`
-    // (crates/net/src/node.rs, filled by `set_peer_info` from identify) and
-    // never removes it — not when the peer's last connection closes, nor ever.
-    // Measured ~790 B per departed peer (3000 peers: RSS 14.8 -> 17.1 MiB,
-    // debug build); the soak shows the same slope (2 new peers per round).
+    // This found a leak: circuit_net::Node kept every identified peer's PeerInfo
+    // forever (~790 B per departed peer; 3000 peers: RSS 14.8 -> 17.1 MiB).
+    // Fixed in 2954591 (forgotten with the peer's last connection): now ~0 B.
     assert!(
         per_peer < 300.0,
-        "PRODUCT BUG: the relay keeps ~{per_peer:.0} B per departed peer ({PEERS} peers: RSS {rss0:.1} -> {rss1:.1} MiB); \
-         circuit_net::Node's identify map (`peers` in crates/net/src/node.rs) is never pruned when a peer's last connection closes"
+        "the relay keeps ~{per_peer:.0} B per departed peer ({PEERS} peers: RSS {rss0:.1} -> {rss1:.1} MiB): \
+         is something keyed by PeerId (identify data, address book) not dropped with the last connection?"
     );
 }
