@@ -8,12 +8,19 @@
 //! * `listen` — reserves a slot on a relay and serves ping, identify and the
 //!   `/circuit/pipe/1.0.0` echo protocol over relayed connections;
 //! * `dial`   — connects (usually through a relay), pings, and round-trips a
-//!   deterministic byte pattern through the echo protocol.
+//!   deterministic byte pattern through the echo protocol;
+//! * `kad`    — a Kademlia server (`/ipfs/kad/1.0.0`) that bootstraps, provides
+//!   and finds providers of a namespace key;
+//! * `autonat` — an AutoNAT v1 server that also dials back private addresses;
+//! * `perf`   — the perf protocol (`/perf/1.0.0`), server or client.
 //!
 //! Every event is one line on stdout, flushed immediately; diagnostics go to
 //! stderr (set `RUST_LOG` for libp2p's own tracing output).
 
 #![forbid(unsafe_code)]
+
+mod dht;
+mod perf;
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -33,14 +40,14 @@ const PIPE_PROTOCOL: StreamProtocol = StreamProtocol::new("/circuit/pipe/1.0.0")
 const IDENTIFY_PROTOCOL_VERSION: &str = "/ipfs/0.1.0";
 /// Idle connections are kept for a long time so that slow tests never see a
 /// connection vanish between steps.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Upper bound of a whole `dial` run, as fixed by the test-peer contract.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Upper bound for `dial --bytes`: the dialer holds the expected and the
 /// received data in memory, so the size must be bounded before allocating.
 const MAX_DIAL_BYTES: usize = 256 * 1024 * 1024;
 /// Read buffer size for the echo loops.
-const CHUNK: usize = 64 * 1024;
+pub(crate) const CHUNK: usize = 64 * 1024;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -87,6 +94,49 @@ enum Mode {
         #[arg(long, default_value_t = 3)]
         pings: u32,
     },
+    /// Run a Kademlia server (`/ipfs/kad/1.0.0`, server mode) with identify and ping.
+    Kad {
+        /// Address to listen on (repeatable).
+        #[arg(long = "listen", required = true)]
+        listen: Vec<Multiaddr>,
+        /// Peer to bootstrap from, `<addr>/p2p/<id>` (repeatable).
+        #[arg(long = "bootstrap")]
+        bootstrap: Vec<Multiaddr>,
+        /// Provide this namespace (key: multihash of sha256 of the string).
+        #[arg(long, value_name = "NAMESPACE")]
+        provide: Option<String>,
+        /// Look up providers of this namespace, printing `PROVIDER` lines.
+        #[arg(long, value_name = "NAMESPACE")]
+        find_providers: Option<String>,
+    },
+    /// Run an AutoNAT v1 server that dials back private (loopback) addresses too.
+    Autonat {
+        /// Address to listen on (repeatable).
+        #[arg(long = "listen", required = true)]
+        listen: Vec<Multiaddr>,
+        /// Also be a client: ask this AutoNAT server (`<addr>/p2p/<id>`, repeatable)
+        /// about our reachability, printing `PROBE_ANSWER`/`PROBE_FAILED`/`NAT_STATUS`.
+        #[arg(long = "probe")]
+        probe: Vec<Multiaddr>,
+    },
+    /// Perf protocol (`/perf/1.0.0`): `--server` serves it, otherwise measure against ADDR.
+    Perf {
+        /// The server's address, ending with `/p2p/<id>` (client mode).
+        #[arg(required_unless_present = "server", conflicts_with = "server")]
+        addr: Option<Multiaddr>,
+        /// Serve the perf protocol.
+        #[arg(long)]
+        server: bool,
+        /// Address to listen on in server mode (repeatable).
+        #[arg(long = "listen", default_value = "/ip4/127.0.0.1/tcp/0")]
+        listen: Vec<Multiaddr>,
+        /// Bytes to upload (client).
+        #[arg(long, default_value_t = 0)]
+        upload: u64,
+        /// Bytes to download (client).
+        #[arg(long, default_value_t = 0)]
+        download: u64,
+    },
 }
 
 /// Behaviour of the relay server.
@@ -99,16 +149,16 @@ struct RelayBehaviour {
 
 /// Behaviour shared by the `listen` and `dial` modes.
 #[derive(NetworkBehaviour)]
-struct PeerBehaviour {
+pub(crate) struct PeerBehaviour {
     relay_client: relay::client::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
-    stream: libp2p_stream::Behaviour,
+    pub(crate) stream: libp2p_stream::Behaviour,
 }
 
 /// Writes one contract line to stdout and flushes it immediately, because the
 /// test harness reads the lines while the process keeps running.
-fn emit(line: &str) {
+pub(crate) fn emit(line: &str) {
     let mut out = std::io::stdout().lock();
     // A closed stdout means the harness has gone away; nothing useful is left to do.
     let _ = writeln!(out, "{line}");
@@ -123,7 +173,7 @@ fn pattern(len: usize) -> Vec<u8> {
 }
 
 /// Returns the peer ID of the trailing `/p2p/<id>` component, if any.
-fn trailing_peer_id(addr: &Multiaddr) -> Option<PeerId> {
+pub(crate) fn trailing_peer_id(addr: &Multiaddr) -> Option<PeerId> {
     match addr.iter().last()? {
         Protocol::P2p(id) => Some(id),
         _ => None,
@@ -131,7 +181,7 @@ fn trailing_peer_id(addr: &Multiaddr) -> Option<PeerId> {
 }
 
 /// Appends `/p2p/<peer>` unless the address already ends with a `/p2p` component.
-fn with_peer_id(addr: Multiaddr, peer: PeerId) -> Multiaddr {
+pub(crate) fn with_peer_id(addr: Multiaddr, peer: PeerId) -> Multiaddr {
     match addr.iter().last() {
         Some(Protocol::P2p(_)) => addr,
         _ => addr.with(Protocol::P2p(peer)),
@@ -139,7 +189,7 @@ fn with_peer_id(addr: Multiaddr, peer: PeerId) -> Multiaddr {
 }
 
 /// Identify behaviour with a recognisable agent version.
-fn identify_behaviour(key: &libp2p::identity::Keypair) -> identify::Behaviour {
+pub(crate) fn identify_behaviour(key: &libp2p::identity::Keypair) -> identify::Behaviour {
     identify::Behaviour::new(
         identify::Config::new(IDENTIFY_PROTOCOL_VERSION.to_string(), key.public())
             .with_agent_version(format!("rust-libp2p-peer/{}", env!("CARGO_PKG_VERSION"))),
@@ -168,7 +218,9 @@ fn relay_config(
 
 /// Builds the swarm used by `listen` and `dial`: TCP and WebSocket transports
 /// plus the relay client transport, all secured with Noise and muxed with Yamux.
-async fn build_peer_swarm(ping_interval: Duration) -> anyhow::Result<Swarm<PeerBehaviour>> {
+pub(crate) async fn build_peer_swarm(
+    ping_interval: Duration,
+) -> anyhow::Result<Swarm<PeerBehaviour>> {
     let swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -594,6 +646,61 @@ async fn main() {
                 _ = shutdown_signal() => 0,
             }
         }
+        Mode::Kad {
+            listen,
+            bootstrap,
+            provide,
+            find_providers,
+        } => {
+            let args = dht::KadArgs {
+                listen,
+                bootstrap,
+                provide,
+                find_providers,
+            };
+            tokio::select! {
+                res = dht::run_kad(args) => exit_code(res),
+                _ = shutdown_signal() => 0,
+            }
+        }
+        Mode::Autonat { listen, probe } => {
+            tokio::select! {
+                res = dht::run_autonat(listen, probe) => exit_code(res),
+                _ = shutdown_signal() => 0,
+            }
+        }
+        Mode::Perf {
+            server: true,
+            listen,
+            ..
+        } => {
+            tokio::select! {
+                res = perf::run_server(listen) => exit_code(res),
+                _ = shutdown_signal() => 0,
+            }
+        }
+        Mode::Perf {
+            addr,
+            upload,
+            download,
+            ..
+        } => {
+            let res = match addr {
+                Some(addr) => {
+                    match tokio::time::timeout(
+                        DIAL_TIMEOUT,
+                        perf::run_client(addr, upload, download),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(anyhow!("timeout")),
+                    }
+                }
+                None => Err(anyhow!("perf needs ADDR or --server")),
+            };
+            exit_code(res)
+        }
         Mode::Dial { addr, bytes, pings } => {
             let started = Instant::now();
             match tokio::time::timeout(DIAL_TIMEOUT, run_dial(addr, bytes, pings)).await {
@@ -715,6 +822,44 @@ mod tests {
             }
             other => panic!("wrong mode {other:?}"),
         }
+        let c = Cli::try_parse_from([
+            "p",
+            "kad",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bootstrap",
+            "/ip4/127.0.0.1/tcp/1",
+            "--bootstrap",
+            "/ip4/127.0.0.1/tcp/2",
+            "--find-providers",
+            "/libp2p/relay",
+        ])
+        .unwrap();
+        match c.mode {
+            Mode::Kad {
+                bootstrap,
+                provide,
+                find_providers,
+                ..
+            } => {
+                assert_eq!(bootstrap.len(), 2);
+                assert_eq!(provide, None);
+                assert_eq!(find_providers.as_deref(), Some("/libp2p/relay"));
+            }
+            other => panic!("wrong mode {other:?}"),
+        }
+        let c = Cli::try_parse_from(["p", "perf", "--server"]).unwrap();
+        assert!(matches!(
+            c.mode,
+            Mode::Perf {
+                server: true,
+                addr: None,
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["p", "perf"]).is_err());
+        assert!(Cli::try_parse_from(["p", "perf", "/ip4/127.0.0.1/tcp/1", "--server"]).is_err());
+        assert!(Cli::try_parse_from(["p", "autonat"]).is_err());
         assert!(Cli::try_parse_from(["p", "relay"]).is_err());
         assert!(Cli::try_parse_from(["p", "listen", "--relay", "not-an-addr"]).is_err());
     }
