@@ -262,7 +262,6 @@ fn rust_kad_node_finds_our_provider_records() {
 /// Checked fix: `shutdown()` the stream before returning on EOF in `Kad::serve` (as
 /// the AutoNAT server already does) — then every request is answered (`failures=0`).
 #[test]
-#[ignore = "our kad server resets half-closed request streams (see doc comment)"]
 fn rust_kad_requests_to_our_dht_are_all_answered() {
     let Some(peer) = rust_peer() else { return };
     let (_dht, _dht_id, dht_addr) = our_dht(&[]);

@@ -151,7 +151,12 @@ impl Kad {
                     stream.unread(rest);
                     m
                 }
-                _ => return,
+                // The client is done (rust-libp2p half-closes after its request): finish
+                // our side too, so that the answer still in flight is not reset away.
+                _ => {
+                    let _ = stream.shutdown().await;
+                    return;
+                }
             };
             let request = match Request::from_pb(&msg) {
                 Ok(r) => r,
