@@ -246,3 +246,80 @@ async fn relays_that_do_not_advertise_are_found_by_a_random_walk() {
         assert!(chosen.contains(&r.peer_id()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_address_stays_advertised_across_refreshes_and_is_withdrawn_and_pushed_at_the_end() {
+    let relay_node = node(true).await;
+    let _relay = Relay::start(
+        &relay_node,
+        RelayConfig {
+            reservation_ttl: Duration::from_secs(2),
+            ..Default::default()
+        },
+    );
+    let watcher = node(true).await;
+    let private = node(false).await;
+    private.dial(&full(&watcher)).await.unwrap();
+    let kept = circuit_net::relay_client::keep_reservation(&private, full(&relay_node));
+    let has_circuit = |n: &Node| {
+        n.addresses()
+            .iter()
+            .any(|a| a.to_string().contains("/p2p-circuit"))
+    };
+    within(10, "first reservation", async {
+        while !has_circuit(&private) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // TTL 2 s, refreshed at 3/4 of it: over 5 s several refreshes happen, and the
+    // address must never drop out in between (sampled every 10 ms).
+    let start = tokio::time::Instant::now();
+    let mut samples = 0;
+    while start.elapsed() < Duration::from_secs(5) {
+        assert!(
+            has_circuit(&private),
+            "relay address gone during a refresh after {:?}",
+            start.elapsed()
+        );
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(samples > 100);
+    within(10, "watcher sees the relay address", async {
+        while !watcher
+            .peer_info(&private.peer_id())
+            .map(|i| {
+                i.listen_addrs
+                    .iter()
+                    .any(|a| a.to_string().contains("/p2p-circuit"))
+            })
+            .unwrap_or(false)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The reservation ends: the address is withdrawn and the change pushed.
+    drop(kept);
+    within(10, "relay address withdrawn", async {
+        while has_circuit(&private) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    within(10, "withdrawal pushed to the watcher", async {
+        while watcher
+            .peer_info(&private.peer_id())
+            .map(|i| {
+                i.listen_addrs
+                    .iter()
+                    .any(|a| a.to_string().contains("/p2p-circuit"))
+            })
+            .unwrap_or(true)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}

@@ -105,8 +105,10 @@ pub fn parse_messages(
         }
         if let Some(rec) = m.signed_peer_record {
             // A valid signed record is the best source of addresses.
+            // A newer signed record is a full snapshot: even an empty one (the peer's
+            // last relay address was withdrawn) replaces what we had.
             if let Ok(r) = PeerRecord::verify(&rec) {
-                if r.peer_id == conn.peer() && !r.addrs.is_empty() {
+                if r.peer_id == conn.peer() {
                     info.listen_addrs = r.addrs;
                 }
             }
