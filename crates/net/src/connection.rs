@@ -29,6 +29,8 @@ use crate::transport::BoxedIo;
 /// Free space asked of the Noise input buffer before each socket read: one full Noise frame
 /// plus its length prefix (the buffer is allocated at twice this, so reads are often larger).
 const READ_CHUNK: usize = 64 * 1024 + 2;
+/// Read size of an idle connection (see `Transport::prefers_small_read`).
+const SMALL_READ: usize = 4 * 1024;
 /// Ciphertext built per socket write batch (whole Noise frames; the last one may overshoot).
 const WRITE_BATCH: usize = 256 * 1024;
 /// Largest plaintext of one Noise frame: yamux frames are laid out into it directly.
@@ -426,6 +428,10 @@ impl Stream {
     /// Queues the whole of `chunk` for sending without copying it; on `Ready(Ok)` the chunk
     /// has been taken (left empty). `Pending` when the send buffer has no room for it (the
     /// chunk stays with the caller).
+    ///
+    /// Unlike `poll_write`, an accepted chunk does not wake the connection's driver: call
+    /// [`Stream::flush_chunks`] after a run of writes, so the driver wakes once and sends
+    /// them in one batch of large frames instead of chasing each chunk.
     pub fn poll_write_chunk(
         &mut self,
         cx: &mut Context<'_>,
@@ -442,10 +448,7 @@ impl Stream {
             .session
             .stream_write_chunk(self.id, std::mem::take(chunk))
         {
-            Ok(()) => {
-                st.wake_driver();
-                Poll::Ready(Ok(()))
-            }
+            Ok(()) => Poll::Ready(Ok(())),
             Err((StreamError::WouldBlock, c)) => {
                 *chunk = c;
                 st.wakers.entry(self.id).or_default().write = Some(cx.waker().clone());
@@ -457,6 +460,25 @@ impl Stream {
                 let closed = st.closed.clone();
                 Poll::Ready(Err(stream_err(e, &closed)))
             }
+        }
+    }
+}
+
+impl Stream {
+    /// Caps this stream's receive window: auto-tuning never grows it beyond `max` bytes,
+    /// which bounds what the peer can make us buffer for it.
+    pub fn set_max_receive_window(&self, max: u32) {
+        lock(&self.conn.shared)
+            .session
+            .stream_set_max_window(self.id, max);
+    }
+
+    /// Wakes the connection's driver if it has anything to send: ends a run of
+    /// [`Stream::poll_write_chunk`] calls.
+    pub fn flush_chunks(&self) {
+        let mut st = lock(&self.conn.shared);
+        if st.session.wants_transmit() {
+            st.wake_driver();
         }
     }
 }
@@ -716,7 +738,16 @@ impl Future for Driver {
             let mut read_failed: Option<String> = None;
             let mut remote_closed = false;
             if !this.eof {
-                let space = this.transport.read_space(READ_CHUNK);
+                // An idle connection reads into a small stack buffer, so receiving the odd
+                // ping or window update allocates only that much; a read that fills it
+                // switches to large reads straight into the Noise buffer.
+                let mut small = [0u8; SMALL_READ];
+                let small_read = this.transport.prefers_small_read();
+                let space = if small_read {
+                    &mut small[..]
+                } else {
+                    this.transport.read_space(READ_CHUNK)
+                };
                 let mut rb = ReadBuf::new(space);
                 match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) if rb.filled().is_empty() => {
@@ -726,7 +757,11 @@ impl Future for Driver {
                     }
                     Poll::Ready(Ok(())) => {
                         let n = rb.filled().len();
-                        this.transport.commit_input(n);
+                        if small_read {
+                            this.transport.handle_input(&small[..n]);
+                        } else {
+                            this.transport.commit_input(n);
+                        }
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => {

@@ -95,7 +95,19 @@ pub(crate) trait Side: Unpin {
     ) -> Poll<io::Result<()>>;
     /// Half-closes the write side.
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Ends a run of chunk writes: makes sure they get sent (see [`Stream::flush_chunks`]).
+    fn flush_chunks(&mut self) {}
+    /// Bounds what this side may make the relay buffer (see [`RELAY_MAX_WINDOW`]).
+    fn limit_buffering(&mut self) {}
 }
+
+/// Receive-window cap of a relayed stream. The end points' own (end-to-end) yamux window
+/// is what limits a circuit's throughput; the relay's windows only need to cover its
+/// hops, and each byte of them is memory the relay may have to hold (measured on loopback:
+/// the same throughput at 256 KiB as at 4 MiB, 8 MiB less RSS). 1 MiB still covers
+/// 20 MiB/s per circuit at 50 ms per hop. At most (this + the 256 KiB send buffer) per
+/// direction is buffered per circuit.
+pub(crate) const RELAY_MAX_WINDOW: u32 = 1024 * 1024;
 
 impl Side for Stream {
     fn poll_read_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Vec<u8>>> {
@@ -110,6 +122,12 @@ impl Side for Stream {
     }
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(self).poll_shutdown(cx)
+    }
+    fn flush_chunks(&mut self) {
+        Stream::flush_chunks(self)
+    }
+    fn limit_buffering(&mut self) {
+        self.set_max_receive_window(RELAY_MAX_WINDOW);
     }
 }
 
@@ -218,6 +236,21 @@ impl<'a> Dir<'a> {
         if self.end.is_some() {
             return Poll::Ready(true);
         }
+        let before = self.total;
+        let res = self.poll_moves(cx, r, w);
+        if self.total != before {
+            // One wake-up of the destination's driver for the whole run of chunks.
+            w.flush_chunks();
+        }
+        res
+    }
+
+    fn poll_moves<R: Side, W: Side>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+    ) -> Poll<bool> {
         for _ in 0..CHUNKS_PER_POLL {
             if self.closing {
                 return match w.poll_close(cx) {
@@ -348,6 +381,8 @@ pub(crate) async fn bridge_counted<A: Side, B: Side>(
     down_counters: &[&AtomicU64],
     tap: Option<&Tap>,
 ) -> BridgeStats {
+    src.limit_buffering();
+    dst.limit_buffering();
     let chunk_max = buf_size.max(1);
     let mut up = Dir::new(
         limit.data,

@@ -173,6 +173,14 @@ impl Transport {
         self.input_space(want)
     }
 
+    /// Whether the next read is best made small (the latest read was small and nothing is
+    /// buffered): a caller can then read into a small buffer of its own (on the stack, say)
+    /// and feed it with [`Transport::handle_input`], so a connection that only receives the odd
+    /// small message allocates no more than that message.
+    pub fn prefers_small_read(&self) -> bool {
+        self.last_input < IDLE_READ && self.start == self.end
+    }
+
     /// Marks `n` bytes written into [`Transport::input_space`] as received (clamped to the
     /// space there is).
     pub fn commit_input(&mut self, n: usize) {

@@ -11,8 +11,10 @@
 //! - A new outbound stream announces itself lazily: its SYN rides on the first frame we send
 //!   for it (a Data frame if the application wrote before the next [`Session::poll_transmit`],
 //!   otherwise a zero-delta Window Update with SYN). Inbound streams are ACKed the same way.
-//! - The receive window per stream is fixed at [`Config::initial_window`] (never below
-//!   256 KiB); a Window Update is sent once half of it has been consumed by reads.
+//! - The receive window per stream starts at [`Config::initial_window`] (never below
+//!   256 KiB) and is auto-tuned up to [`Config::max_receive_window`] for streams whose
+//!   window, not their reader, limits the rate; a Window Update is sent once half of it has
+//!   been consumed by reads.
 //! - FIN is sent after all buffered data for the stream (on the last Data frame, or as an empty
 //!   Data frame), never before.
 //! - Data for unknown streams without SYN (e.g. streams we reset and forgot) is discarded.
@@ -61,7 +63,11 @@ pub struct Config {
     /// Our receive window per stream. Values below 256 KiB are raised to 256 KiB, because
     /// the peer assumes 256 KiB until told otherwise and windows can only grow by updates.
     pub initial_window: u32,
-    /// Upper bound for window growth. Currently unused: the window stays at `initial_window`.
+    /// Upper bound for receive-window auto-tuning: a stream whose whole window is read
+    /// within 16 ms while its reader keeps up gets its window doubled, up to this. Memory
+    /// per stream is bounded by it (only while the reader lags). Set it to
+    /// `initial_window` to turn tuning off (a relay, whose own windows do not limit
+    /// throughput, keeps its buffers smaller that way).
     pub max_receive_window: u32,
     /// Maximum number of live streams (both directions); inbound streams beyond it get RST.
     pub max_streams: usize,

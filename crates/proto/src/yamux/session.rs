@@ -13,6 +13,10 @@ use super::{
 /// At most this many Ping answers are queued; a peer pinging faster than we transmit
 /// does not get more (bounds memory).
 const MAX_PENDING_PONGS: usize = 64;
+/// A receive window read in full within this time (or four round trips, if longer) is
+/// doubled, up to `Config::max_receive_window`: at 256 KiB that is any stream faster than
+/// 16 MiB/s, and a window ends up at most about twice the bandwidth × this interval.
+const WINDOW_GROWTH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(16);
 /// Session control frames (RSTs of refused streams etc.) queued beyond this end the session.
 const MAX_CONTROL_BACKLOG: usize = 4096;
 /// When fitting a Data frame to the caller's `max`, never make it smaller than this
@@ -71,12 +75,17 @@ pub struct Session {
     ping_outstanding: Option<(u32, Instant)>,
     /// Next keep-alive action: send a ping, or (ping outstanding) time out.
     keepalive_at: Option<Instant>,
+    /// Time of the latest input: the clock for receive-window tuning (reads carry no time).
+    last_input_at: Option<Instant>,
+    /// Latest measured round trip (any answered ping of ours), for window tuning.
+    rtt: Option<std::time::Duration>,
 }
 
 impl Session {
     /// A new session. `config.initial_window` is raised to 256 KiB if lower.
     pub fn new(mode: Mode, mut config: Config) -> Session {
         config.initial_window = config.initial_window.max(DEFAULT_WINDOW);
+        config.max_receive_window = config.max_receive_window.max(config.initial_window);
         config.max_frame_payload = config.max_frame_payload.clamp(1, u32::MAX as usize);
         Session {
             mode,
@@ -99,6 +108,8 @@ impl Session {
             next_ping_value: 1,
             ping_outstanding: None,
             keepalive_at: None,
+            last_input_at: None,
+            rtt: None,
         }
     }
 
@@ -111,6 +122,7 @@ impl Session {
         if let Some(e) = &self.fatal {
             return Err(e.clone());
         }
+        self.last_input_at = Some(now);
         if let Some(iv) = self.config.keepalive_interval {
             // Any input proves the peer alive: postpone both the next ping and the timeout.
             self.keepalive_at = Some(now + iv);
@@ -176,6 +188,7 @@ impl Session {
                         if value == h.length {
                             self.ping_outstanding = None;
                             let rtt = now.saturating_duration_since(sent);
+                            self.rtt = Some(rtt);
                             self.events.push_back(Event::Pong { rtt });
                         }
                     }
@@ -279,7 +292,6 @@ impl Session {
     }
 
     fn on_body(&mut self, id: StreamId, bytes: &[u8]) {
-        let threshold = self.config.initial_window / 2;
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
@@ -288,6 +300,7 @@ impl Session {
         }
         if s.released {
             // Nobody will read: consume at once so the peer can finish its side.
+            let threshold = s.window / 2;
             if s.credit(bytes.len() as u32, threshold) {
                 self.schedule_ctrl(id);
             }
@@ -513,7 +526,6 @@ impl Session {
     /// Reads buffered data. `Ok(n > 0)` data; `Ok(0)` end of stream (FIN received and all
     /// data read, or empty `buf`); `Err(WouldBlock)` nothing yet; `Err(Reset)` after RST.
     pub fn stream_read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<usize, StreamError> {
-        let threshold = self.config.initial_window / 2;
         let s = self.streams.get_mut(&id).ok_or(StreamError::Unknown)?;
         s.read_notified = false;
         if s.reset {
@@ -533,10 +545,7 @@ impl Session {
             };
         }
         let n = s.recv_buf.read(buf);
-        // n <= recv_buf.len() <= receive window (a u32).
-        if s.credit(n as u32, threshold) {
-            self.schedule_ctrl(id);
-        }
+        self.consumed(id, n);
         Ok(n)
     }
 
@@ -544,7 +553,6 @@ impl Session {
     /// chunk, without copying when a whole buffered chunk fits (see [`Session::stream_write_chunk`]
     /// for the other half of a copy-free relay). `Ok(empty)` is end of stream (or `max == 0`).
     pub fn stream_read_chunk(&mut self, id: StreamId, max: usize) -> Result<Vec<u8>, StreamError> {
-        let threshold = self.config.initial_window / 2;
         let s = self.streams.get_mut(&id).ok_or(StreamError::Unknown)?;
         s.read_notified = false;
         if s.reset {
@@ -560,10 +568,7 @@ impl Session {
                 Err(StreamError::WouldBlock)
             };
         };
-        // chunk.len() <= receive window (a u32).
-        if s.credit(chunk.len() as u32, threshold) {
-            self.schedule_ctrl(id);
-        }
+        self.consumed(id, chunk.len());
         Ok(chunk)
     }
 
@@ -599,6 +604,70 @@ impl Session {
             self.schedule_send(id);
         }
         Ok(())
+    }
+
+    /// The application read `n` bytes of stream `id`: returns them to the window accounting,
+    /// growing the window first when the stream is window-bound (see [`Config::max_receive_window`]).
+    fn consumed(&mut self, id: StreamId, n: usize) {
+        let config_max = self.config.max_receive_window;
+        let now = self.last_input_at;
+        // A window-bound sender sends one window per round trip: a window read within a
+        // few round trips (but never less than the fixed interval, for noisy short RTTs)
+        // is window-bound. Until an RTT is known, the fixed interval alone.
+        let interval = match self.rtt {
+            Some(rtt) => WINDOW_GROWTH_INTERVAL.max(rtt.saturating_mul(4)),
+            None => WINDOW_GROWTH_INTERVAL,
+        };
+        let mut want_rtt = false;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let max = s.max_window.unwrap_or(config_max);
+        // n <= data buffered <= receive window (a u32).
+        let n = n as u32;
+        if let Some(now) = now {
+            s.epoch_bytes = s.epoch_bytes.saturating_add(n);
+            match s.epoch_start {
+                None => s.epoch_start = Some(now),
+                Some(t0) if s.epoch_bytes >= s.window => {
+                    // A whole window was read within the growth interval while the reader
+                    // keeps up (little left buffered): the window, not the reader, limits the
+                    // rate, so double it. A slow reader never makes it grow, so memory stays
+                    // bounded by what a fast one briefly needs.
+                    let fast = now.saturating_duration_since(t0) < interval;
+                    want_rtt = true;
+                    let keeps_up = s.recv_buf.len() <= (s.window / 4) as usize;
+                    if fast && keeps_up && s.window < max && !s.remote_fin {
+                        let add = s.window.min(max - s.window);
+                        s.window += add;
+                        s.recv_window = s.recv_window.saturating_add(add);
+                        s.pending_window_update = s.pending_window_update.saturating_add(add);
+                    }
+                    s.epoch_start = Some(now);
+                    s.epoch_bytes = 0;
+                }
+                Some(_) => {}
+            }
+        }
+        let threshold = s.window / 2;
+        if s.credit(n, threshold) || s.pending_window_update > 0 {
+            self.schedule_ctrl(id);
+        }
+        if want_rtt && self.rtt.is_none() {
+            if let Some(now) = now {
+                // A busy stream and no RTT yet: measure one (a 12-byte ping).
+                self.ping(now);
+            }
+        }
+    }
+
+    /// Caps the receive window of one stream: tuning never grows it beyond `max` (a window
+    /// already larger stays as it is). A relay uses it to bound what one circuit can make
+    /// it buffer.
+    pub fn stream_set_max_window(&mut self, id: StreamId, max: u32) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.max_window = Some(max);
+        }
     }
 
     /// Buffers up to `min(data.len(), free send buffer)` bytes for sending.
@@ -672,13 +741,13 @@ impl Session {
     /// (then buffered data and FIN are still sent and further peer data is discarded), and
     /// forgets it once nothing more can happen on it.
     pub fn stream_release(&mut self, id: StreamId) {
-        let threshold = self.config.initial_window / 2;
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
         if s.released {
             return;
         }
+        let threshold = s.window / 2;
         s.released = true;
         let finished_locally = s.fin_pending || s.fin_sent;
         if !s.reset && finished_locally {

@@ -11,6 +11,13 @@ pub(crate) struct Stream {
     pub recv_buf: ChunkBuf,
     /// Bytes the peer may still send us.
     pub recv_window: u32,
+    /// Our receive window size (starts at `Config::initial_window`, grows with auto-tuning).
+    pub window: u32,
+    /// Start of the current window-tuning period and bytes read since.
+    pub epoch_start: Option<std::time::Instant>,
+    pub epoch_bytes: u32,
+    /// Per-stream cap on window growth (else `Config::max_receive_window`).
+    pub max_window: Option<u32>,
     /// Bytes read by the application but not yet returned to the peer as window.
     pub unacked_read: u32,
     /// Window delta to announce in the next Window Update.
@@ -51,6 +58,7 @@ impl Stream {
     pub fn new(recv_window: u32, send_window: u32, pending_flags: Flags) -> Stream {
         Stream {
             recv_window,
+            window: recv_window,
             send_window,
             pending_flags,
             ..Stream::default()

@@ -906,3 +906,150 @@ fn chunk_read_and_write_move_data_between_sessions() {
     assert_eq!(got.len(), data.len());
     assert!(got == data);
 }
+
+/// Moves `total` bytes client → server: per exchange the client writes at most `write_step`
+/// bytes, the server reads at most `read_step` bytes and the clock advances `step`. Returns
+/// the sum of the window deltas the server announced.
+fn stream_with_reader(
+    total: usize,
+    step: Duration,
+    max_window: u32,
+    write_step: usize,
+    read_step: usize,
+) -> u64 {
+    let cfg = Config {
+        max_receive_window: max_window,
+        ..Config::default()
+    };
+    // A send buffer large enough that the window, not the buffer, limits the sender.
+    let client = Config {
+        max_send_buffer: 32 << 20,
+        ..Config::default()
+    };
+    let mut p = Pair::with_configs(usize::MAX, client, cfg);
+    let id = p.c.open_stream().unwrap();
+    let data = vec![5u8; total];
+    let (mut fed, mut got, mut deltas) = (0, 0, 0u64);
+    let mut buf = vec![0u8; read_step];
+    for _ in 0..100_000 {
+        if fed < total {
+            let end = fed.saturating_add(write_step).min(total);
+            fed += p.c.stream_write(id, &data[fed..end]).unwrap_or(0);
+        }
+        transfer(&mut p.c, &mut p.s, usize::MAX, 1 << 20, p.now);
+        if let Ok(n) = p.s.stream_read(id, &mut buf) {
+            got += n;
+        }
+        let mut out = Vec::new();
+        p.s.poll_transmit(&mut out, 1 << 20);
+        for h in frames(&out) {
+            if h.frame_type == FrameType::WindowUpdate {
+                deltas += u64::from(h.length);
+            }
+        }
+        p.c.handle_input(&out, p.now).unwrap();
+        p.now += step;
+        if got == total {
+            break;
+        }
+    }
+    assert_eq!(got, total);
+    deltas
+}
+
+#[test]
+fn receive_window_grows_for_a_fast_reader_up_to_the_maximum() {
+    // Fast (no time passes) and the reader keeps up: the window doubles up to 4 MiB, so the
+    // server announces more window than the data it received needs.
+    let total = 16 << 20;
+    let deltas = stream_with_reader(total, Duration::ZERO, 4 << 20, usize::MAX, 1 << 24);
+    assert!(
+        deltas > total as u64 + (2 << 20),
+        "window did not grow: {deltas} announced for {total}"
+    );
+    // ... and never beyond the maximum: at most (max − initial) extra.
+    assert!(deltas <= total as u64 + (4 << 20), "{deltas}");
+    // A window-bound stream on a slow link (10 ms per exchange, i.e. a 10 ms RTT once
+    // measured) grows too: a window per round trip is what window-bound looks like.
+    let deltas = stream_with_reader(
+        total,
+        Duration::from_millis(10),
+        4 << 20,
+        usize::MAX,
+        1 << 24,
+    );
+    assert!(deltas > total as u64 + (2 << 20), "{deltas}");
+}
+
+#[test]
+fn receive_window_stays_for_slow_senders_and_lagging_readers() {
+    let total = 4 << 20;
+    let initial = u64::from(DEFAULT_WINDOW);
+    // The sender trickles 16 KiB per 10 ms round trip: far below a window per round trip.
+    // Only the first window, which looks like a burst, may count as fast (one doubling).
+    let ms10 = Duration::from_millis(10);
+    let deltas = stream_with_reader(total, ms10, 16 << 20, 16 * 1024, 1 << 24);
+    assert!(
+        deltas <= total as u64 + initial,
+        "grew for a slow sender: {deltas}"
+    );
+    // The reader takes 16 KiB per round trip while the sender could send all: data piles
+    // up in the receive buffer, and the window must not grow (that memory is ours).
+    let deltas = stream_with_reader(1 << 20, ms10, 16 << 20, usize::MAX, 16 * 1024);
+    assert!(
+        deltas <= (1 << 20) + initial,
+        "grew for a lagging reader: {deltas}"
+    );
+    // Tuning off (max = initial): no growth even when fast.
+    let deltas = stream_with_reader(total, Duration::ZERO, DEFAULT_WINDOW, usize::MAX, 1 << 24);
+    assert!(deltas <= total as u64, "grew with tuning off: {deltas}");
+    // A reader that never reads: the sender is held to the initial window.
+    let mut p = Pair::new(usize::MAX);
+    let id = p.c.open_stream().unwrap();
+    let big = vec![1u8; 1 << 20];
+    let mut fed = 0;
+    for _ in 0..50 {
+        fed += p.c.stream_write(id, &big[fed..]).unwrap_or(0);
+        p.pump();
+    }
+    assert_eq!(
+        fed - p.c.stream_send_buffered(id),
+        DEFAULT_WINDOW as usize,
+        "only the initial window may be in flight"
+    );
+}
+
+#[test]
+fn per_stream_window_cap_bounds_growth() {
+    let mut p = Pair::new(usize::MAX);
+    let id = p.c.open_stream().unwrap();
+    p.c.stream_write(id, b"x").unwrap();
+    p.pump();
+    p.s.stream_set_max_window(id, 512 * 1024);
+    let data = vec![3u8; 8 << 20];
+    let (mut fed, mut got, mut deltas) = (0, 1, 0u64);
+    let mut buf = vec![0u8; 1 << 20];
+    got -= p.s.stream_read(id, &mut buf).unwrap();
+    assert_eq!(got, 0);
+    while got < data.len() {
+        fed += p.c.stream_write(id, &data[fed..]).unwrap_or(0);
+        transfer(&mut p.c, &mut p.s, usize::MAX, 1 << 20, p.now);
+        while let Ok(n) = p.s.stream_read(id, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        let mut out = Vec::new();
+        p.s.poll_transmit(&mut out, 1 << 20);
+        for h in frames(&out) {
+            if h.frame_type == FrameType::WindowUpdate {
+                deltas += u64::from(h.length);
+            }
+        }
+        p.c.handle_input(&out, p.now).unwrap();
+    }
+    // Grown from 256 KiB to the 512 KiB cap, no further.
+    assert!(deltas > (8 << 20) + 1, "{deltas}");
+    assert!(deltas <= (8 << 20) + 1 + 256 * 1024, "{deltas}");
+}
