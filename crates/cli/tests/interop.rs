@@ -228,8 +228,9 @@ fn our_listener_on_rust_and_js_relays_reached_by_their_dialers() {
             &circuit(),
             &["listen", "--relay", &relay_addr, "--echo", "--json"],
         );
-        let reserved = listener.expect("{", true, T);
-        let v: serde_json::Value = serde_json::from_str(&format!("{{{reserved}")).unwrap();
+        // Other events (e.g. `identified`) may come first.
+        let reserved = listener.expect_line("\"event\":\"reserved\"", true, T);
+        let v: serde_json::Value = serde_json::from_str(&reserved).unwrap();
         assert_eq!(v["event"], "reserved", "{v}");
         let addr = v["addrs"][0].as_str().unwrap().to_string();
         assert!(addr.starts_with(&relay_addr), "{addr}");
@@ -277,8 +278,8 @@ fn relay_v1_peers_through_our_relay_and_ours_through_a_v1_relay() {
         &circuit(),
         &["listen", "--relay", &tcp, "--echo", "--json"],
     );
-    let reserved = ours.expect("{", true, T);
-    let v: serde_json::Value = serde_json::from_str(&format!("{{{reserved}")).unwrap();
+    let reserved = ours.expect_line("\"event\":\"reserved\"", true, T);
+    let v: serde_json::Value = serde_json::from_str(&reserved).unwrap();
     let our_addr = v["addrs"][0].as_str().unwrap().to_string();
     peer_dial("js-v1 dial", &v1, &our_addr, 100_000);
     // Our dialer through a v1-only relay (js-libp2p 0.42) to a v1 listener.
