@@ -22,19 +22,29 @@ const PROTOCOL: &str = "/example/shout/1.0.0";
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let node = Node::new(Keypair::generate_ed25519(), NodeConfig::default());
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["serve", relay] => {
             let relay: Multiaddr = relay.parse().context("relay address")?;
             node.handle(PROTOCOL, |mut incoming| {
                 tokio::spawn(async move {
                     let mut line = Vec::new();
                     // Bounded read: a line of at most 4 KiB, ended by EOF.
-                    let _ = (&mut incoming.stream).take(4096).read_to_end(&mut line).await;
+                    let _ = (&mut incoming.stream)
+                        .take(4096)
+                        .read_to_end(&mut line)
+                        .await;
                     let _ = incoming.stream.write_all(&line.to_ascii_uppercase()).await;
                     let _ = incoming.stream.shutdown().await;
                 });
             });
-            let reservation = relay_client::reserve(&node, &relay).await.context("reserving on the relay")?;
+            let reservation = relay_client::reserve(&node, &relay)
+                .await
+                .context("reserving on the relay")?;
             for addr in &reservation.circuit_addrs {
                 println!("{addr}");
             }
