@@ -244,13 +244,14 @@ mod tests {
     fn a_full_queue_drops_and_counts() {
         let (input, line_in) = pair();
         let (output, line_out) = pair();
-        // A long delay keeps everything queued while we overfill it.
+        // A long delay keeps everything queued while we overfill it, even when a busy
+        // machine is slow to run the reader thread (300 ms was not enough under load).
         let dir = spawn_direction(
             "t",
             line_in,
             line_out,
             DirectionConfig {
-                delay: Duration::from_millis(300),
+                delay: Duration::from_secs(2),
                 queue_frames: 4,
             },
         )
@@ -264,7 +265,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         output
-            .set_read_timeout(Some(Duration::from_secs(2)))
+            .set_read_timeout(Some(Duration::from_secs(6)))
             .unwrap();
         let mut got = Vec::new();
         let mut buf = [0u8; 4];
