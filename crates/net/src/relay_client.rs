@@ -318,19 +318,19 @@ pub async fn connect_via(
         }
     };
     tracing::debug!(%relay, %target, ?limit, "circuit open; upgrading");
-    let remote = circuit_remote_addr(relay_conn);
-    let local = relay_conn.info().local_addr.clone();
-    let addr = remote.clone();
-    node.upgrade(
-        Box::new(s),
-        local,
-        remote,
+    upgrade_circuit(
+        node,
+        s,
+        relay_conn,
         Direction::Outbound,
         Some(target),
-        Some(limit),
+        limit,
     )
     .await
-    .map_err(|source| DialError::Upgrade { addr, source })
+    .map_err(|source| DialError::Upgrade {
+        addr: circuit_remote_addr(relay_conn),
+        source,
+    })
 }
 
 /// Opens a circuit relay v1 HOP to `target` through the relay on `relay_conn` and upgrades it.
@@ -360,19 +360,19 @@ pub async fn connect_via_v1(
         target,
         status: v1::code_name(code),
     })?;
-    let remote = circuit_remote_addr(relay_conn);
-    let local = relay_conn.info().local_addr.clone();
-    let addr = remote.clone();
-    node.upgrade(
-        Box::new(s),
-        local,
-        remote,
+    upgrade_circuit(
+        node,
+        s,
+        relay_conn,
         Direction::Outbound,
         Some(target),
-        Some(Limit::UNLIMITED),
+        Limit::UNLIMITED,
     )
     .await
-    .map_err(|source| DialError::Upgrade { addr, source })
+    .map_err(|source| DialError::Upgrade {
+        addr: circuit_remote_addr(relay_conn),
+        source,
+    })
 }
 
 /// The destination side of relay v1: a STOP from a relay is an inbound circuit.
@@ -412,15 +412,13 @@ async fn handle_v1(
         .await
         .map_err(|e| e.to_string())?;
     tracing::debug!(relay = %relay_conn.peer(), %src, "accepting v1 circuit");
-    let remote = circuit_remote_addr(relay_conn);
-    let local = relay_conn.info().local_addr.clone();
-    node.upgrade(
-        Box::new(s),
-        local,
-        remote,
+    upgrade_circuit(
+        node,
+        s,
+        relay_conn,
         Direction::Inbound,
         None,
-        Some(Limit::UNLIMITED),
+        Limit::UNLIMITED,
     )
     .await
     .map(|_| ())
@@ -477,9 +475,7 @@ async fn handle_stop(
         .await
         .map_err(|e| e.to_string())?;
     tracing::debug!(relay = %relay_conn.peer(), %src, ?limit, "accepting circuit");
-    let remote = circuit_remote_addr(relay_conn);
-    let local = relay_conn.info().local_addr.clone();
-    node.upgrade(Box::new(s), local, remote, Direction::Inbound, None, Some(limit))
+    upgrade_circuit(node, s, relay_conn, Direction::Inbound, None, limit)
         .await
         .map(|c| {
             if c.peer() != src {
@@ -487,6 +483,29 @@ async fn handle_stop(
             }
         })
         .map_err(|e| e.to_string())
+}
+
+/// Runs the connection upgrade (Noise, yamux) over a hop or stop stream that became a
+/// circuit; the relay path is the remote address, on both ends.
+async fn upgrade_circuit(
+    node: &Node,
+    stream: crate::connection::Stream,
+    relay_conn: &Connection,
+    direction: Direction,
+    expected: Option<PeerId>,
+    limit: Limit,
+) -> Result<Connection, crate::upgrade::UpgradeError> {
+    let remote = circuit_remote_addr(relay_conn);
+    let local = relay_conn.info().local_addr.clone();
+    node.upgrade(
+        Box::new(stream),
+        local,
+        remote,
+        direction,
+        expected,
+        Some(limit),
+    )
+    .await
 }
 
 /// A limit in words, for logs and CLI output.
