@@ -341,27 +341,10 @@ async fn measure(
     addrs: Vec<Multiaddr>,
     samples: u32,
 ) -> Result<Duration, String> {
-    let conn = match node
-        .connections_to(peer)
-        .into_iter()
-        .find(|c| !c.info().relayed)
-    {
-        Some(c) => c,
-        None => {
-            let mut last = "no address".to_string();
-            let mut conn = None;
-            for a in addrs {
-                match node.dial(&circuit_wire::addr::with_p2p(a, *peer)).await {
-                    Ok(c) => {
-                        conn = Some(c);
-                        break;
-                    }
-                    Err(e) => last = e.to_string(),
-                }
-            }
-            conn.ok_or(last)?
-        }
-    };
+    let conn = node
+        .connect_peer(*peer, &addrs)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut pinger = Pinger::open(node, &conn).await.map_err(|e| e.to_string())?;
     let mut best = Duration::MAX;
     for _ in 0..samples.max(1) {

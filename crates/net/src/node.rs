@@ -783,6 +783,33 @@ impl Node {
         })
     }
 
+    /// A direct connection to `peer`: the live one if any, else the first of its
+    /// direct (non-circuit) `addrs` that can be dialed.
+    pub async fn connect_peer(
+        &self,
+        peer: PeerId,
+        addrs: &[Multiaddr],
+    ) -> Result<Connection, DialError> {
+        if let Some(c) = self
+            .connections_to(&peer)
+            .into_iter()
+            .find(|c| !c.info().relayed)
+        {
+            return Ok(c);
+        }
+        let mut last = None;
+        for a in addrs.iter().filter(|a| !waddr::is_circuit(a)) {
+            match self.dial(&waddr::with_p2p(a.clone(), peer)).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| DialError::BadAddress {
+            addr: waddr::with_p2p(Multiaddr::empty(), peer),
+            reason: "no direct address known".into(),
+        }))
+    }
+
     /// Opens a stream on `conn` and negotiates `protocol` on it.
     ///
     /// Negotiation is optimistic (multistream-select "V1Lazy", as go and rust peers do):

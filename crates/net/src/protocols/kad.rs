@@ -221,36 +221,11 @@ impl Kad {
         request: &Request,
     ) -> Result<Option<Response>, String> {
         let fut = async {
-            let conn = match self
+            let conn = self
                 .node
-                .connections_to(&peer.id)
-                .into_iter()
-                .find(|c| !c.info().relayed)
-            {
-                Some(c) => c,
-                None => {
-                    let mut last = "no dialable address".to_string();
-                    let mut found = None;
-                    for a in peer
-                        .addrs
-                        .iter()
-                        .filter(|a| !circuit_wire::addr::is_circuit(a))
-                    {
-                        match self
-                            .node
-                            .dial(&circuit_wire::addr::with_p2p(a.clone(), peer.id))
-                            .await
-                        {
-                            Ok(c) => {
-                                found = Some(c);
-                                break;
-                            }
-                            Err(e) => last = e.to_string(),
-                        }
-                    }
-                    found.ok_or(last)?
-                }
-            };
+                .connect_peer(peer.id, &peer.addrs)
+                .await
+                .map_err(|e| e.to_string())?;
             let mut s = self
                 .node
                 .open_stream(&conn, PROTOCOL)
