@@ -12,7 +12,8 @@
 //! * `kad`    — a Kademlia server (`/ipfs/kad/1.0.0`) that bootstraps, provides
 //!   and finds providers of a namespace key;
 //! * `autonat` — an AutoNAT v1 server that also dials back private addresses;
-//! * `perf`   — the perf protocol (`/perf/1.0.0`), server or client.
+//! * `perf`   — the perf protocol (`/perf/1.0.0`), client or server (direct, or
+//!   reserved on a relay and served over circuits).
 //!
 //! Every event is one line on stdout, flushed immediately; diagnostics go to
 //! stderr (set `RUST_LOG` for libp2p's own tracing output).
@@ -76,6 +77,17 @@ enum Mode {
         /// Maximum number of concurrent reservations.
         #[arg(long, default_value_t = 1024)]
         max_reservations: usize,
+        /// Maximum number of circuits at once.
+        #[arg(long, default_value_t = 1024)]
+        max_circuits: usize,
+        /// Maximum number of circuits of one peer (as source or destination).
+        #[arg(long, default_value_t = 256)]
+        max_circuits_per_peer: usize,
+        /// Yamux streams per connection (rust-libp2p's default is 512; all circuits to
+        /// one destination are streams on its one connection). At most 4096: yamux's
+        /// 1 GiB connection window must cover 256 KiB per stream.
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..=4096))]
+        max_streams: u16,
     },
     /// Reserve a slot on a relay and serve ping, identify and the echo protocol.
     Listen {
@@ -121,21 +133,30 @@ enum Mode {
     },
     /// Perf protocol (`/perf/1.0.0`): `--server` serves it, otherwise measure against ADDR.
     Perf {
-        /// The server's address, ending with `/p2p/<id>` (client mode).
+        /// The server's address, ending with `/p2p/<id>` (client mode); a circuit
+        /// address (`<relay>/p2p-circuit/p2p/<id>`) is dialed through the relay.
         #[arg(required_unless_present = "server", conflicts_with = "server")]
         addr: Option<Multiaddr>,
         /// Serve the perf protocol.
         #[arg(long)]
         server: bool,
-        /// Address to listen on in server mode (repeatable).
-        #[arg(long = "listen", default_value = "/ip4/127.0.0.1/tcp/0")]
+        /// Address to listen on in server mode (repeatable)
+        /// [default: /ip4/127.0.0.1/tcp/0 unless --relay is given].
+        #[arg(long = "listen", conflicts_with = "addr")]
         listen: Vec<Multiaddr>,
+        /// Server mode: also reserve on this relay (`<addr>/p2p/<relay id>`) and serve
+        /// perf over circuits through it; prints `RESERVED <circuit addr>`.
+        #[arg(long, conflicts_with = "addr")]
+        relay: Option<Multiaddr>,
         /// Bytes to upload (client).
         #[arg(long, default_value_t = 0)]
         upload: u64,
         /// Bytes to download (client).
         #[arg(long, default_value_t = 0)]
         download: u64,
+        /// Client: give up after this many seconds (connect and transfer).
+        #[arg(long, default_value_t = DIAL_TIMEOUT.as_secs(), conflicts_with = "server")]
+        timeout: u64,
     },
 }
 
@@ -198,22 +219,36 @@ pub(crate) fn identify_behaviour(key: &libp2p::identity::Keypair) -> identify::B
 
 /// Relay configuration for tests: the given limits, generous counts, and no
 /// rate limiters (tests reserve and connect in quick bursts from one IP).
-fn relay_config(
-    max_circuit_bytes: u64,
-    max_circuit_secs: u32,
-    max_reservations: usize,
-) -> relay::Config {
+fn relay_config(l: &RelayLimits) -> relay::Config {
     relay::Config {
-        max_reservations,
+        max_reservations: l.max_reservations,
         max_reservations_per_peer: 64,
         reservation_duration: Duration::from_secs(3600),
         reservation_rate_limiters: Vec::new(),
-        max_circuits: 1024,
-        max_circuits_per_peer: 256,
-        max_circuit_duration: Duration::from_secs(u64::from(max_circuit_secs)),
-        max_circuit_bytes,
+        max_circuits: l.max_circuits,
+        max_circuits_per_peer: l.max_circuits_per_peer,
+        max_circuit_duration: Duration::from_secs(u64::from(l.max_circuit_secs)),
+        max_circuit_bytes: l.max_circuit_bytes,
         circuit_src_rate_limiters: Vec::new(),
     }
+}
+
+/// The `relay` mode's limits, from the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RelayLimits {
+    max_circuit_bytes: u64,
+    max_circuit_secs: u32,
+    max_reservations: usize,
+    max_circuits: usize,
+    max_circuits_per_peer: usize,
+    max_streams: u16,
+}
+
+/// Yamux configured for `max_streams` streams per connection (≤ 4096, checked by the CLI).
+fn yamux_config(max_streams: u16) -> yamux::Config {
+    let mut c = yamux::Config::default();
+    c.set_max_num_streams(usize::from(max_streams));
+    c
 }
 
 /// Builds the swarm used by `listen` and `dial`: TCP and WebSocket transports
@@ -245,26 +280,19 @@ pub(crate) async fn build_peer_swarm(
 /// `relay` mode: listen, advertise the listen addresses as external addresses
 /// (rust-libp2p puts exactly those into reservations, and clients reject a
 /// reservation without addresses), then serve forever.
-async fn run_relay(
-    listen: Vec<Multiaddr>,
-    max_circuit_bytes: u64,
-    max_circuit_secs: u32,
-    max_reservations: usize,
-) -> anyhow::Result<()> {
+async fn run_relay(listen: Vec<Multiaddr>, limits: RelayLimits) -> anyhow::Result<()> {
+    let streams = limits.max_streams;
     let mut swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
-            yamux::Config::default,
+            move || yamux_config(streams),
         )?
-        .with_websocket(noise::Config::new, yamux::Config::default)
+        .with_websocket(noise::Config::new, move || yamux_config(streams))
         .await?
         .with_behaviour(|key| RelayBehaviour {
-            relay: relay::Behaviour::new(
-                key.public().to_peer_id(),
-                relay_config(max_circuit_bytes, max_circuit_secs, max_reservations),
-            ),
+            relay: relay::Behaviour::new(key.public().to_peer_id(), relay_config(&limits)),
             identify: identify_behaviour(key),
             ping: ping::Behaviour::new(ping::Config::new()),
         })?
@@ -634,9 +662,20 @@ async fn main() {
             max_circuit_bytes,
             max_circuit_secs,
             max_reservations,
+            max_circuits,
+            max_circuits_per_peer,
+            max_streams,
         } => {
+            let limits = RelayLimits {
+                max_circuit_bytes,
+                max_circuit_secs,
+                max_reservations,
+                max_circuits,
+                max_circuits_per_peer,
+                max_streams,
+            };
             tokio::select! {
-                res = run_relay(listen, max_circuit_bytes, max_circuit_secs, max_reservations) => exit_code(res),
+                res = run_relay(listen, limits) => exit_code(res),
                 _ = shutdown_signal() => 0,
             }
         }
@@ -672,10 +711,12 @@ async fn main() {
         Mode::Perf {
             server: true,
             listen,
+            relay,
             ..
         } => {
+            let listen = perf::server_listen_addrs(listen, relay.is_some());
             tokio::select! {
-                res = perf::run_server(listen) => exit_code(res),
+                res = perf::run_server(listen, relay) => exit_code(res),
                 _ = shutdown_signal() => 0,
             }
         }
@@ -683,15 +724,14 @@ async fn main() {
             addr,
             upload,
             download,
+            timeout,
             ..
         } => {
+            let limit = Duration::from_secs(timeout);
             let res = match addr {
                 Some(addr) => {
-                    match tokio::time::timeout(
-                        DIAL_TIMEOUT,
-                        perf::run_client(addr, upload, download),
-                    )
-                    .await
+                    match tokio::time::timeout(limit, perf::run_client(addr, upload, download))
+                        .await
                     {
                         Ok(r) => r,
                         Err(_) => Err(anyhow!("timeout")),
@@ -774,12 +814,130 @@ mod tests {
 
     #[test]
     fn relay_config_lifts_rate_limits_and_keeps_given_limits() {
-        let c = relay_config(0, 3600, 7);
+        let c = relay_config(&RelayLimits {
+            max_circuit_bytes: 0,
+            max_circuit_secs: 3600,
+            max_reservations: 7,
+            max_circuits: 2000,
+            max_circuits_per_peer: 1500,
+            max_streams: 4096,
+        });
         assert!(c.reservation_rate_limiters.is_empty());
         assert!(c.circuit_src_rate_limiters.is_empty());
         assert_eq!(c.max_circuit_bytes, 0);
         assert_eq!(c.max_circuit_duration, Duration::from_secs(3600));
         assert_eq!(c.max_reservations, 7);
+        assert_eq!(c.max_circuits, 2000);
+        assert_eq!(c.max_circuits_per_peer, 1500);
+    }
+
+    #[test]
+    fn yamux_config_accepts_the_largest_allowed_stream_count() {
+        // yamux panics when the streams' default windows exceed its 1 GiB connection
+        // window; 4096 (the CLI's upper bound) × 256 KiB is exactly 1 GiB.
+        let _ = yamux_config(4096);
+        let _ = yamux_config(1);
+    }
+
+    #[test]
+    fn cli_parses_relay_circuit_and_stream_limits() {
+        let c = Cli::try_parse_from([
+            "p",
+            "relay",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--max-circuits",
+            "1100",
+            "--max-circuits-per-peer",
+            "1050",
+            "--max-streams",
+            "1200",
+        ])
+        .unwrap();
+        match c.mode {
+            Mode::Relay {
+                max_circuits,
+                max_circuits_per_peer,
+                max_streams,
+                max_reservations,
+                ..
+            } => {
+                assert_eq!(max_circuits, 1100);
+                assert_eq!(max_circuits_per_peer, 1050);
+                assert_eq!(max_streams, 1200);
+                assert_eq!(max_reservations, 1024);
+            }
+            other => panic!("wrong mode {other:?}"),
+        }
+        let c = Cli::try_parse_from(["p", "relay", "--listen", "/ip4/127.0.0.1/tcp/0"]).unwrap();
+        match c.mode {
+            Mode::Relay {
+                max_circuits,
+                max_circuits_per_peer,
+                max_streams,
+                ..
+            } => assert_eq!(
+                (max_circuits, max_circuits_per_peer, max_streams),
+                (1024, 256, 512)
+            ),
+            other => panic!("wrong mode {other:?}"),
+        }
+        for bad in ["0", "4097"] {
+            let r = Cli::try_parse_from([
+                "p",
+                "relay",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--max-streams",
+                bad,
+            ]);
+            assert!(r.is_err(), "--max-streams {bad} accepted");
+        }
+    }
+
+    #[test]
+    fn cli_parses_perf_relay_and_timeout() {
+        let relay = format!("/ip4/127.0.0.1/tcp/4001/p2p/{}", PeerId::random());
+        let c = Cli::try_parse_from(["p", "perf", "--server", "--relay", &relay]).unwrap();
+        match c.mode {
+            Mode::Perf {
+                server: true,
+                relay: Some(r),
+                listen,
+                ..
+            } => {
+                assert_eq!(r.to_string(), relay);
+                assert!(listen.is_empty());
+            }
+            other => panic!("wrong mode {other:?}"),
+        }
+        let c =
+            Cli::try_parse_from(["p", "perf", "/ip4/127.0.0.1/tcp/1", "--timeout", "300"]).unwrap();
+        match c.mode {
+            Mode::Perf {
+                timeout, server, ..
+            } => {
+                assert_eq!(timeout, 300);
+                assert!(!server);
+            }
+            other => panic!("wrong mode {other:?}"),
+        }
+        let c = Cli::try_parse_from(["p", "perf", "/ip4/127.0.0.1/tcp/1"]).unwrap();
+        assert!(matches!(c.mode, Mode::Perf { timeout: 60, .. }));
+        // --relay and --listen belong to the server, --timeout to the client.
+        assert!(
+            Cli::try_parse_from(["p", "perf", "/ip4/127.0.0.1/tcp/1", "--relay", &relay]).is_err()
+        );
+        assert!(Cli::try_parse_from([
+            "p",
+            "perf",
+            "/ip4/127.0.0.1/tcp/1",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["p", "perf", "--server", "--timeout", "5"]).is_err());
+        assert!(Cli::try_parse_from(["p", "perf", "--server", "--relay", "not-an-addr"]).is_err());
     }
 
     #[test]

@@ -268,3 +268,54 @@ fn dial_to_closed_port_reports_error() {
     assert_eq!(out.len(), 1, "{out:?}");
     assert!(out[0].starts_with("ERROR "), "{out:?}");
 }
+
+/// Value of a numeric field of the perf client's JSON line.
+fn json_field(line: &str, key: &str) -> f64 {
+    let at = line
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("no {key} in {line}"));
+    let rest = &line[at + key.len() + 3..];
+    let end = rest.find([',', '}']).expect("field end");
+    rest[..end].parse().expect("a number")
+}
+
+#[test]
+fn perf_server_reserves_on_relay_and_serves_over_the_circuit() {
+    let (_relay, tcp, _ws) = start_relay(&["--max-circuits", "8", "--max-streams", "1024"]);
+    let server = Peer::spawn("perf server", &["perf", "--server", "--relay", &tcp]);
+    let id = server.expect("PEER");
+    // --relay alone: no direct listener, so no LISTEN line.
+    let circuit = server.expect("RESERVED");
+    assert_eq!(circuit, format!("{tcp}/p2p-circuit/p2p/{id}"));
+    assert_eq!(server.line(), "READY");
+
+    let (up, down) = (3 << 20, 1 << 20);
+    let client = Peer::spawn(
+        "perf client",
+        &[
+            "perf",
+            &circuit,
+            "--upload",
+            &up.to_string(),
+            "--download",
+            &down.to_string(),
+            "--timeout",
+            "120",
+        ],
+    );
+    let (out, status) = client.finish(Duration::from_secs(130));
+    assert!(status.success(), "perf client failed: {status:?} {out:?}");
+    let line = out.last().expect("a result line");
+    assert_eq!(json_field(line, "upload_bytes"), up as f64);
+    assert_eq!(json_field(line, "download_bytes"), down as f64);
+    for k in ["upload_mib_s", "download_mib_s", "connect_ms"] {
+        let v = json_field(line, k);
+        assert!(v.is_finite() && v > 0.0, "{k} = {v} in {line}");
+    }
+    let total = json_field(line, "total_secs");
+    let parts = json_field(line, "upload_secs") + json_field(line, "download_secs");
+    assert!(parts <= total + 1e-6, "{line}");
+    // The server counted the same bytes.
+    let served = server.expect("PERF");
+    assert!(served.ends_with(&format!(" {up} {down}")), "{served}");
+}
