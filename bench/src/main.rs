@@ -1,11 +1,13 @@
 //! `bench`: runs our relay, rust-libp2p's and js-libp2p's side by side on
 //! loopback and measures the same workloads through each with the same
-//! clients (perf protocol): single-circuit throughput, set-up latency, relay
-//! CPU per relayed GiB and RSS, many concurrent circuits, many reservations;
-//! plus the ceilings (raw TCP copy, direct perf). Writes a markdown table
-//! and JSON with the ratios ours/theirs. See `bench/README.md`.
+//! clients (perf protocol): single-circuit throughput (with our perf peers and
+//! with rust-libp2p's), set-up latency, relay CPU per relayed GiB and RSS, many
+//! concurrent circuits, many reservations; plus the ceilings (raw TCP copy,
+//! direct perf, the AEAD floor). Writes a markdown table and JSON with the
+//! ratios ours/theirs. See `bench/README.md`.
 #![forbid(unsafe_code)]
 
+mod aead;
 mod peers;
 mod procfs;
 mod report;
@@ -19,7 +21,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 
-use peers::{Kind, Programs, RelayLimits};
+use peers::{Client, Kind, Programs, RelayLimits};
 use report::{RelayResult, Report};
 use stats::median;
 
@@ -57,6 +59,15 @@ struct Args {
     /// Relays to compare, comma-separated: ours,rust,js.
     #[arg(long, default_value = "ours,rust,js", value_delimiter = ',')]
     relays: Vec<String>,
+    /// Perf client and server sets of the single-circuit workload, comma-separated:
+    /// ours (`circuit perf` → `circuit listen`), rust (rust-libp2p's perf client →
+    /// rust-libp2p's perf server). The rust set also adds a direct rust-libp2p ceiling.
+    #[arg(long, default_value = "ours,rust", value_delimiter = ',')]
+    clients: Vec<String>,
+    /// Bytes sealed and opened for the AEAD floor, in 65 519-byte frames
+    /// [default: 256M; 16M with --quick].
+    #[arg(long, value_parser = parse_size)]
+    aead_size: Option<u64>,
     /// Workloads to run, comma-separated: ceilings,throughput,setup,concurrent,scale.
     #[arg(
         long,
@@ -67,9 +78,12 @@ struct Args {
     /// Repository root (where target/ and interop/ are).
     #[arg(long)]
     root: Option<PathBuf>,
-    /// Where to write latest.md and latest.json [default: <root>/bench/results].
+    /// Directory to write the results in [default: <root>/bench/results].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Base name of the results files: <out>/<name>.md and <out>/<name>.json.
+    #[arg(long, default_value = "latest", value_parser = parse_name)]
+    name: String,
     /// Print only; write no results files.
     #[arg(long)]
     no_write: bool,
@@ -92,6 +106,21 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("bad size {s:?}"))
 }
 
+/// A results file base name: letters, digits, `-`, `_`, `.`; no path.
+fn parse_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "bad name {s:?}: use letters, digits, '-', '_', '.' (a file name, not a path)"
+        ))
+    }
+}
+
 /// The settings in force after `--quick` defaults are applied.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Config {
@@ -104,6 +133,8 @@ pub struct Config {
     reservations: usize,
     reservation_parallel: usize,
     relays: Vec<String>,
+    clients: Vec<String>,
+    aead_size: u64,
     workloads: Vec<String>,
 }
 
@@ -122,6 +153,8 @@ impl Config {
             reservations: a.reservations.unwrap_or(if q { 50 } else { 10_000 }).max(1),
             reservation_parallel: a.reservation_parallel,
             relays: a.relays.clone(),
+            clients: a.clients.clone(),
+            aead_size: a.aead_size.unwrap_or(if q { 16 << 20 } else { 256 << 20 }),
             workloads: a.only.clone(),
         }
     }
@@ -146,6 +179,10 @@ fn log(msg: impl AsRef<str>) {
 
 async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let cfg = Config::from(&args);
+    // Before anything opens a file: the scale workloads need one descriptor per
+    // reservation or circuit here and in the relay, and the processes started
+    // below inherit the raised limit.
+    let nofile = procfs::raise_nofile();
     let root = args
         .root
         .clone()
@@ -179,27 +216,60 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     for k in &kinds {
         report.relays.insert(*k, RelayResult::default());
     }
+    let mut clients = Vec::new();
+    for c in &cfg.clients {
+        let Some(cl) = Client::parse(c) else {
+            anyhow::bail!("unknown client set {c:?} (ours, rust)");
+        };
+        match progs.available(cl.needs()) {
+            Ok(()) if !clients.contains(&cl) => clients.push(cl),
+            Ok(()) => {}
+            Err(e) => {
+                log(format!("skipping the {} perf peers: {e}", cl.name()));
+                report.note(format!("{} perf peers skipped: {e}", cl.name()));
+            }
+        }
+    }
+    match nofile {
+        Ok((before, now)) => log(format!("open-file limit: {before} raised to {now}")),
+        Err(e) => report.note(format!("could not raise the open-file limit: {e:#}")),
+    }
     if let Some(lim) = procfs::nofile_limit() {
-        if cfg.runs("scale") && (lim as usize) < cfg.reservations + 256 {
+        let need = if cfg.runs("scale") {
+            cfg.reservations
+        } else {
+            0
+        }
+        .max(if cfg.runs("concurrent") {
+            cfg.circuits
+        } else {
+            0
+        });
+        if (lim as usize) < need + 256 {
             report.note(format!(
-                "open-file limit {lim} is below the {} reservations asked for: raise it with `ulimit -n`",
-                cfg.reservations
+                "open-file limit {lim} (the hard limit) is below the {need} connections asked for: \
+                 raise the hard limit (`ulimit -Hn`, or LimitNOFILE for a service)"
             ));
         }
     }
     log(format!("config: {cfg:?}; scratch dir {}", tmp.display()));
     let started = Instant::now();
 
+    if cfg.runs("ceilings") || cfg.runs("throughput") || cfg.runs("concurrent") {
+        // Cheap (well under a second per 256 MiB), and the CPU rows are compared with it.
+        aead_floor(&cfg, &mut report).await;
+    }
     if cfg.runs("ceilings") {
-        ceilings(&cfg, &progs, &mut report).await;
+        ceilings(&cfg, &progs, &clients, &mut report).await;
     }
     if cfg.runs("throughput") || cfg.runs("setup") || cfg.runs("concurrent") {
-        transfers(&cfg, &progs, &kinds, &mut report).await;
+        transfers(&cfg, &progs, &kinds, &clients, &mut report).await;
     }
     if cfg.runs("scale") {
         scale(&cfg, &progs, &kinds, &mut report).await;
     }
     report.elapsed_s = started.elapsed().as_secs_f64();
+    report.derive();
 
     let md = report.markdown();
     println!("{md}");
@@ -209,12 +279,17 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             .clone()
             .unwrap_or_else(|| root.join("bench/results"));
         std::fs::create_dir_all(&out)?;
-        std::fs::write(out.join("latest.md"), &md)?;
+        let (md_path, json_path) = (
+            out.join(format!("{}.md", args.name)),
+            out.join(format!("{}.json", args.name)),
+        );
+        std::fs::write(&md_path, &md)?;
         let json = serde_json::to_string_pretty(&report.json())?;
-        std::fs::write(out.join("latest.json"), json + "\n")?;
+        std::fs::write(&json_path, json + "\n")?;
         log(format!(
-            "wrote {0}/latest.md and {0}/latest.json",
-            out.display()
+            "wrote {} and {}",
+            md_path.display(),
+            json_path.display()
         ));
     }
     let _ = std::fs::remove_dir_all(&tmp);
@@ -226,9 +301,35 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     })
 }
 
-/// Raw TCP copy and a direct perf between two of our nodes (server in this
-/// process, client `circuit perf` like the relayed runs).
-async fn ceilings(cfg: &Config, progs: &Programs, report: &mut Report) {
+/// ChaCha20-Poly1305 seal + open of `--aead-size` bytes on one thread (see `aead.rs`).
+async fn aead_floor(cfg: &Config, report: &mut Report) {
+    log(format!(
+        "ceilings: AEAD floor, seal + open of {} MiB",
+        cfg.aead_size >> 20
+    ));
+    let size = cfg.aead_size;
+    match tokio::task::spawn_blocking(move || aead::measure(size, aead::FRAME)).await {
+        Ok(Ok(f)) => {
+            log(format!(
+                "AEAD floor: {} frames, {:.3} s thread CPU, {:.3} s wall",
+                f.frames, f.cpu_s, f.wall_s
+            ));
+            report.ceiling("aead_s_per_gib", f.cpu_s_per_gib(), &[f.cpu_s_per_gib()]);
+            report.ceiling(
+                "aead_wall_s_per_gib",
+                f.wall_s_per_gib(),
+                &[f.wall_s_per_gib()],
+            );
+        }
+        Ok(Err(e)) => report.note(format!("AEAD floor: {e:#}")),
+        Err(e) => report.note(format!("AEAD floor: {e}")),
+    }
+}
+
+/// Raw TCP copy and direct perf: between two of our nodes (server in this
+/// process, client `circuit perf` like the relayed runs) and, with the rust
+/// client set, between rust-libp2p's perf client and server.
+async fn ceilings(cfg: &Config, progs: &Programs, clients: &[Client], report: &mut Report) {
     log("ceilings: raw TCP copy");
     let mut tcp = Vec::new();
     for _ in 0..cfg.runs {
@@ -238,96 +339,138 @@ async fn ceilings(cfg: &Config, progs: &Programs, report: &mut Report) {
         }
     }
     report.ceiling("tcp_mib_s", median(&tcp), &tcp);
-    log("ceilings: direct perf");
-    match workloads::direct_server().await {
-        Ok((node, addr)) => {
-            let (mut up, mut down) = (Vec::new(), Vec::new());
-            for _ in 0..cfg.runs {
-                match peers::run_perf_client(progs, &addr, cfg.size).await {
-                    Ok(f) => {
-                        up.push(f.up_mib_s);
-                        down.push(f.down_mib_s);
-                    }
-                    Err(e) => report.note(format!("direct perf: {e:#}")),
-                }
+    for &client in clients {
+        log(format!(
+            "ceilings: direct perf, {} perf peers",
+            client.name()
+        ));
+        let server = match client {
+            Client::Ours => workloads::direct_server()
+                .await
+                .map(|(node, addr)| (Some(node), None, addr)),
+            Client::Rust => peers::start_rust_server(progs, None)
+                .await
+                .map(|s| (None, Some(s.proc), s.addr)),
+        };
+        let (node, proc, addr) = match server {
+            Ok(x) => x,
+            Err(e) => {
+                report.note(format!("direct perf server ({}): {e:#}", client.name()));
+                continue;
             }
-            report.ceiling("direct_up_mib_s", median(&up), &up);
-            report.ceiling("direct_down_mib_s", median(&down), &down);
+        };
+        let (mut up, mut down) = (Vec::new(), Vec::new());
+        for _ in 0..cfg.runs {
+            match peers::run_perf_client(progs, client, &addr, cfg.size).await {
+                Ok(f) => {
+                    up.push(f.up_mib_s);
+                    down.push(f.down_mib_s);
+                }
+                Err(e) => report.note(format!("direct perf ({}): {e:#}", client.name())),
+            }
+        }
+        report.ceiling(&client.key("direct_up_mib_s"), median(&up), &up);
+        report.ceiling(&client.key("direct_down_mib_s"), median(&down), &down);
+        if let Some(node) = node {
             node.shutdown(std::time::Duration::ZERO).await;
         }
-        Err(e) => report.note(format!("direct perf server: {e:#}")),
+        drop(proc);
     }
 }
 
 /// Throughput, set-up latency and concurrent circuits, with all relays (and
 /// one perf server per relay) running at once so runs can alternate between them.
-async fn transfers(cfg: &Config, progs: &Programs, kinds: &[Kind], report: &mut Report) {
-    let lim = RelayLimits {
-        reservations: 64,
-        circuits: cfg.circuits,
-    };
+async fn transfers(
+    cfg: &Config,
+    progs: &Programs,
+    kinds: &[Kind],
+    clients: &[Client],
+    report: &mut Report,
+) {
+    let lim = RelayLimits::for_workload(64, cfg.circuits);
+    // Our server serves every workload here; rust-libp2p's only single-circuit throughput.
+    let mut sets = vec![Client::Ours];
+    if cfg.runs("throughput") && clients.contains(&Client::Rust) {
+        sets.push(Client::Rust);
+    }
     let mut up = Vec::new();
     for &k in kinds {
-        let started = async {
-            let relay = peers::start_relay(progs, k, lim).await?;
-            let server = peers::start_server(progs, &relay).await?;
-            Ok::<_, anyhow::Error>((relay, server))
-        };
-        match started.await {
-            Ok((relay, server)) => {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                if let Ok(rss) = procfs::rss_mib(relay.proc.pid) {
-                    report.set(k, "rss_idle_mib", rss, &[rss]);
-                }
-                log(format!("{} relay at {}", k.name(), relay.addr));
-                up.push((k, relay, server));
+        let relay = match peers::start_relay(progs, k, lim).await {
+            Ok(r) => r,
+            Err(e) => {
+                report.error(k, format!("{e:#}"));
+                continue;
             }
-            Err(e) => report.error(k, format!("{e:#}")),
+        };
+        let mut servers = BTreeMap::new();
+        for &c in &sets {
+            match peers::start_server(progs, &relay, c).await {
+                Ok(s) => {
+                    servers.insert(c, s);
+                }
+                Err(e) => report.error(k, format!("{e:#}")),
+            }
         }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if let Ok(rss) = procfs::rss_mib(relay.proc.pid) {
+            report.set(k, "rss_idle_mib", rss, &[rss]);
+        }
+        log(format!("{} relay at {}", k.name(), relay.addr));
+        up.push((k, relay, servers));
     }
 
     if cfg.runs("throughput") {
-        let mut samples: BTreeMap<(Kind, &str), Vec<f64>> = BTreeMap::new();
+        let mut samples: BTreeMap<(Kind, String), Vec<f64>> = BTreeMap::new();
         for run in 0..cfg.runs {
-            for (k, relay, server) in &up {
-                log(format!(
-                    "throughput run {}/{} via {}",
-                    run + 1,
-                    cfg.runs,
-                    k.name()
-                ));
-                let pid = relay.proc.pid;
-                let cpu0 = procfs::cpu_secs(pid);
-                let sampler = procfs::RssSampler::start(pid);
-                let r = peers::run_perf_client(progs, &server.addr, cfg.size).await;
-                let cpu1 = procfs::cpu_secs(pid);
-                let peak = sampler.finish().await;
-                match (r, cpu0, cpu1) {
-                    (Ok(f), Ok(c0), Ok(c1)) => {
-                        let gib = (2 * cfg.size) as f64 / (1u64 << 30) as f64;
-                        for (m, v) in [
-                            ("up_mib_s", f.up_mib_s),
-                            ("down_mib_s", f.down_mib_s),
-                            ("cpu_s_per_gib", (c1 - c0) / gib),
-                            ("rss_peak_mib", peak),
-                            ("client_connect_ms", f.connect_ms),
-                        ] {
-                            samples.entry((*k, m)).or_default().push(v);
+            for (k, relay, servers) in &up {
+                for &client in clients {
+                    let Some(server) = servers.get(&client) else {
+                        continue;
+                    };
+                    log(format!(
+                        "throughput run {}/{} via {}, {} perf peers",
+                        run + 1,
+                        cfg.runs,
+                        k.name(),
+                        client.name()
+                    ));
+                    let pid = relay.proc.pid;
+                    let cpu0 = procfs::cpu_secs(pid);
+                    let sampler = procfs::RssSampler::start(pid);
+                    let r = peers::run_perf_client(progs, client, &server.addr, cfg.size).await;
+                    let cpu1 = procfs::cpu_secs(pid);
+                    let peak = sampler.finish().await;
+                    match (r, cpu0, cpu1) {
+                        (Ok(f), Ok(c0), Ok(c1)) => {
+                            let gib = (2 * cfg.size) as f64 / (1u64 << 30) as f64;
+                            for (m, v) in [
+                                ("up_mib_s", f.up_mib_s),
+                                ("down_mib_s", f.down_mib_s),
+                                ("cpu_s_per_gib", (c1 - c0) / gib),
+                                ("rss_peak_mib", peak),
+                                ("client_connect_ms", f.connect_ms),
+                            ] {
+                                samples.entry((*k, client.key(m))).or_default().push(v);
+                            }
                         }
-                    }
-                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-                        report.error(*k, format!("throughput: {e:#}"))
+                        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => report.error(
+                            *k,
+                            format!("throughput ({} perf peers): {e:#}", client.name()),
+                        ),
                     }
                 }
             }
         }
         for ((k, m), v) in samples {
-            report.set(k, m, median(&v), &v);
+            report.set(k, &m, median(&v), &v);
         }
     }
 
     if cfg.runs("setup") {
-        for (k, _, server) in &up {
+        for (k, _, servers) in &up {
+            let Some(server) = servers.get(&Client::Ours) else {
+                continue;
+            };
             log(format!("{} set-ups via {}", cfg.setups, k.name()));
             match workloads::setup_latency(&server.addr, cfg.setups).await {
                 Ok(s) => {
@@ -346,7 +489,10 @@ async fn transfers(cfg: &Config, progs: &Programs, kinds: &[Kind], report: &mut 
     if cfg.runs("concurrent") {
         let mut samples: BTreeMap<(Kind, &str), Vec<f64>> = BTreeMap::new();
         for run in 0..cfg.runs {
-            for (k, relay, server) in &up {
+            for (k, relay, servers) in &up {
+                let Some(server) = servers.get(&Client::Ours) else {
+                    continue;
+                };
                 log(format!(
                     "{} concurrent circuits, run {}/{} via {}",
                     cfg.circuits,
@@ -397,10 +543,7 @@ async fn transfers(cfg: &Config, progs: &Programs, kinds: &[Kind], report: &mut 
 
 /// Many reservations held at once, one fresh relay each.
 async fn scale(cfg: &Config, progs: &Programs, kinds: &[Kind], report: &mut Report) {
-    let lim = RelayLimits {
-        reservations: cfg.reservations + 16,
-        circuits: 16,
-    };
+    let lim = RelayLimits::for_workload(cfg.reservations, 16);
     for &k in kinds {
         log(format!(
             "{} reservations on the {} relay",
@@ -456,5 +599,39 @@ async fn scale(cfg: &Config, progs: &Programs, kinds: &[Kind], report: &mut Repo
         drop(relay);
         // Give the kernel a moment to tear the sockets down before the next relay.
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_names_parse() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1k"), Ok(1024));
+        assert_eq!(parse_size("7"), Ok(7));
+        assert!(parse_size("x").is_err());
+        assert_eq!(parse_name("scale"), Ok("scale".into()));
+        assert_eq!(parse_name("run-2.a_b"), Ok("run-2.a_b".into()));
+        for bad in ["", "../x", "a/b", ".hidden", "a b"] {
+            assert!(parse_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn defaults_and_quick_defaults() {
+        let a = Args::try_parse_from(["bench"]).unwrap();
+        let c = Config::from(&a);
+        assert_eq!(c.clients, ["ours", "rust"]);
+        assert_eq!(c.aead_size, 256 << 20);
+        assert_eq!(a.name, "latest");
+        let a = Args::try_parse_from(["bench", "--quick", "--clients", "rust", "--name", "scale"])
+            .unwrap();
+        let c = Config::from(&a);
+        assert_eq!(c.clients, ["rust"]);
+        assert_eq!(c.aead_size, 16 << 20);
+        assert_eq!(a.name, "scale");
+        assert!(Args::try_parse_from(["bench", "--name", "a/b"]).is_err());
     }
 }

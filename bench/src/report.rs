@@ -37,12 +37,52 @@ const fn m(key: &'static str, label: &'static str, unit: &'static str, hib: bool
 
 /// The rows, in table order. Labels with `{N}` get the configured count.
 const METRICS: &[Metric] = &[
-    m("up_mib_s", "single circuit: upload", "MiB/s", true),
-    m("down_mib_s", "single circuit: download", "MiB/s", true),
+    m(
+        "up_mib_s",
+        "single circuit (our perf peers): upload",
+        "MiB/s",
+        true,
+    ),
+    m(
+        "down_mib_s",
+        "single circuit (our perf peers): download",
+        "MiB/s",
+        true,
+    ),
     m(
         "cpu_s_per_gib",
-        "relay CPU per relayed GiB (single circuit)",
+        "relay CPU per relayed GiB (single circuit, our perf peers)",
         "s",
+        false,
+    ),
+    m(
+        "cpu_per_aead",
+        "relay CPU per relayed GiB / AEAD floor (single circuit, our perf peers; target ≤ 1.5)",
+        "×",
+        false,
+    ),
+    m(
+        "rs_up_mib_s",
+        "single circuit (rust-libp2p perf peers): upload",
+        "MiB/s",
+        true,
+    ),
+    m(
+        "rs_down_mib_s",
+        "single circuit (rust-libp2p perf peers): download",
+        "MiB/s",
+        true,
+    ),
+    m(
+        "rs_cpu_s_per_gib",
+        "relay CPU per relayed GiB (single circuit, rust-libp2p perf peers)",
+        "s",
+        false,
+    ),
+    m(
+        "rs_cpu_per_aead",
+        "relay CPU per relayed GiB / AEAD floor (single circuit, rust-libp2p perf peers; target ≤ 1.5)",
+        "×",
         false,
     ),
     m(
@@ -53,7 +93,13 @@ const METRICS: &[Metric] = &[
     ),
     m(
         "rss_peak_mib",
-        "relay RSS peak during single-circuit transfer",
+        "relay RSS peak during single-circuit transfer (our perf peers)",
+        "MiB",
+        false,
+    ),
+    m(
+        "rs_rss_peak_mib",
+        "relay RSS peak during single-circuit transfer (rust-libp2p perf peers)",
         "MiB",
         false,
     ),
@@ -114,6 +160,12 @@ const METRICS: &[Metric] = &[
         false,
     ),
     m(
+        "conc_cpu_per_aead",
+        "{N} concurrent: relay CPU per relayed GiB / AEAD floor",
+        "×",
+        false,
+    ),
+    m(
         "conc_rss_peak_mib",
         "{N} concurrent: relay RSS peak",
         "MiB",
@@ -147,17 +199,55 @@ const METRICS: &[Metric] = &[
     ),
 ];
 
-const CEILINGS: &[(&str, &str)] = &[
+/// Ceiling rows: key, label, unit.
+const CEILINGS: &[(&str, &str, &str)] = &[
     (
         "tcp_mib_s",
         "raw TCP loopback copy (one connection, 64 KiB writes)",
+        "MiB/s",
     ),
     (
         "direct_up_mib_s",
         "direct perf ours ↔ ours (Noise + yamux, no relay): upload",
+        "MiB/s",
     ),
-    ("direct_down_mib_s", "direct perf ours ↔ ours: download"),
+    (
+        "direct_down_mib_s",
+        "direct perf ours ↔ ours: download",
+        "MiB/s",
+    ),
+    (
+        "rs_direct_up_mib_s",
+        "direct perf rust-libp2p ↔ rust-libp2p (Noise + yamux, no relay): upload",
+        "MiB/s",
+    ),
+    (
+        "rs_direct_down_mib_s",
+        "direct perf rust-libp2p ↔ rust-libp2p: download",
+        "MiB/s",
+    ),
+    (
+        "aead_s_per_gib",
+        "AEAD floor: seal+open s per GiB (ChaCha20-Poly1305 with ring, one thread, 65 519-byte frames; thread CPU time)",
+        "s",
+    ),
+    (
+        "aead_wall_s_per_gib",
+        "AEAD floor, wall time (the same, including time off the core)",
+        "s",
+    ),
 ];
+
+/// Rows derived from others: (key, relay CPU per relayed GiB it divides by the AEAD floor).
+const PER_AEAD: &[(&str, &str)] = &[
+    ("cpu_per_aead", "cpu_s_per_gib"),
+    ("rs_cpu_per_aead", "rs_cpu_s_per_gib"),
+    ("conc_cpu_per_aead", "conc_cpu_s_per_gib"),
+];
+
+/// Relayed/direct ratio lines: perf peer set, relayed key prefix, direct key prefix.
+const RELAYED_DIRECT: &[(&str, &str)] =
+    &[("our perf peers", ""), ("rust-libp2p perf peers", "rs_")];
 
 /// Everything measured in one run.
 pub struct Report {
@@ -262,6 +352,26 @@ impl Report {
         self.relays.entry(k).or_default().errors.push(e);
     }
 
+    /// Adds the figures computed from others: each relay CPU per relayed GiB
+    /// divided by the AEAD floor (seal + open per GiB), where both were measured.
+    pub fn derive(&mut self) {
+        let Some(floor) = self
+            .ceilings
+            .get("aead_s_per_gib")
+            .map(|c| c.0)
+            .filter(|f| f.is_finite() && *f > 0.0)
+        else {
+            return;
+        };
+        for r in self.relays.values_mut() {
+            for (key, cpu) in PER_AEAD {
+                if let Some(c) = r.figures.get(*cpu).copied().filter(|c| c.is_finite()) {
+                    r.figures.insert((*key).into(), c / floor);
+                }
+            }
+        }
+    }
+
     /// Whether anything failed.
     pub fn has_errors(&self) -> bool {
         self.relays.values().any(|r| !r.errors.is_empty())
@@ -307,12 +417,16 @@ impl Report {
         );
         s += &format!("Command: `{}`\n\n", self.command);
         s += &format!(
-            "Single circuit: {} each way, median of {} runs. Set-up: {} fresh set-ups. \
-             Concurrent: {} circuits × {} each way, median of {} runs. Scale: {} reservations, {} being made at a time.\n\n",
-            mib(c.size), c.runs, c.setups, c.circuits, mib(c.circuit_size), c.runs, c.reservations, c.reservation_parallel
+            "Workloads: {}. Single circuit: {} each way, median of {} runs, perf peers: {}. Set-up: {} fresh set-ups. \
+             Concurrent: {} circuits × {} each way, median of {} runs. Scale: {} reservations, {} being made at a time. \
+             AEAD floor: {} sealed and opened.\n\n",
+            c.workloads.join(", "),
+            mib(c.size), c.runs, c.clients.join(", "), c.setups, c.circuits, mib(c.circuit_size), c.runs,
+            c.reservations, c.reservation_parallel, mib(c.aead_size)
         );
-        s += "All relays on loopback with limits lifted; the same clients (our `circuit perf` process for single-circuit \
-              throughput, in-process circuit-net clients otherwise) and the same server (`circuit listen`) for every relay. \
+        s += "All relays on loopback with limits lifted; the same clients and servers for every relay: for single-circuit \
+              throughput our perf peers (`circuit perf` process → `circuit listen`) and rust-libp2p's (`rust-libp2p-peer perf` \
+              → `rust-libp2p-peer perf --server --relay`), in-process circuit-net clients → `circuit listen` otherwise. \
               Ratios are ours/theirs: above 1 is better for \"higher\" rows, below 1 for \"lower\" rows.\n\n";
         let others = self.others();
         s += "| figure | better | ours |";
@@ -355,26 +469,13 @@ impl Report {
             s += "\n";
         }
         if !self.ceilings.is_empty() {
-            s += "\n## Ceilings (same run)\n\n| figure | MiB/s |\n|---|---|\n";
-            for (key, label) in CEILINGS {
+            s += "\n## Ceilings (same run)\n\n| figure | value | unit |\n|---|---|---|\n";
+            for (key, label, unit) in CEILINGS {
                 if let Some((v, _)) = self.ceilings.get(*key) {
-                    s += &format!("| {label} | {} |\n", fmt(Some(*v)));
+                    s += &format!("| {label} | {} | {unit} |\n", fmt(Some(*v)));
                 }
             }
-            let direct = |k: &str| self.ceilings.get(k).map(|x| x.0);
-            for (key, dkey, what) in [
-                ("up_mib_s", "direct_up_mib_s", "upload"),
-                ("down_mib_s", "direct_down_mib_s", "download"),
-            ] {
-                if let (Some(d), Some(_)) = (direct(dkey), self.fig(Kind::Ours, key)) {
-                    s += &format!("\nRelayed / direct ({what}):");
-                    for k in self.relays.keys() {
-                        s += &format!(" {} {};", k.name(), fmt(self.fig(*k, key).map(|v| v / d)));
-                    }
-                    s.pop();
-                    s += ".\n";
-                }
-            }
+            s += &self.relayed_direct_lines();
         }
         let mut problems = self.notes.clone();
         for (k, r) in &self.relays {
@@ -384,6 +485,31 @@ impl Report {
             s += "\n## Notes and errors\n\n";
             for p in problems {
                 s += &format!("- {p}\n");
+            }
+        }
+        s
+    }
+
+    /// "Relayed / direct" lines: each perf peer set's relayed rate through each
+    /// relay over the same set's direct rate.
+    fn relayed_direct_lines(&self) -> String {
+        let mut s = String::new();
+        let direct = |k: &str| self.ceilings.get(k).map(|x| x.0);
+        for (set, p) in RELAYED_DIRECT {
+            for what in ["upload", "download"] {
+                let short = &what[..if what == "upload" { 2 } else { 4 }];
+                let key = format!("{p}{short}_mib_s");
+                let dkey = format!("{p}direct_{short}_mib_s");
+                let Some(d) = direct(&dkey) else { continue };
+                if self.relays.values().all(|r| !r.figures.contains_key(&key)) {
+                    continue;
+                }
+                s += &format!("\nRelayed / direct, {set} ({what}):");
+                for k in self.relays.keys() {
+                    s += &format!(" {} {};", k.name(), fmt(self.fig(*k, &key).map(|v| v / d)));
+                }
+                s.pop();
+                s += ".\n";
             }
         }
         s
@@ -431,5 +557,90 @@ impl Report {
             "ceilings": ceilings,
             "notes": self.notes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            quick: true,
+            runs: 1,
+            size: 1 << 20,
+            setups: 1,
+            circuits: 1000,
+            circuit_size: 1 << 20,
+            reservations: 10,
+            reservation_parallel: 1,
+            relays: vec!["ours".into(), "rust".into()],
+            clients: vec!["ours".into(), "rust".into()],
+            aead_size: 1 << 20,
+            workloads: vec!["throughput".into()],
+        }
+    }
+
+    #[test]
+    fn cpu_rows_are_divided_by_the_aead_floor() {
+        let mut r = Report::new(config());
+        r.set(Kind::Ours, "cpu_s_per_gib", 1.2, &[1.2]);
+        r.set(Kind::Ours, "rs_cpu_s_per_gib", 1.5, &[1.5]);
+        r.set(Kind::Rust, "cpu_s_per_gib", 3.0, &[3.0]);
+        r.set(Kind::Ours, "conc_cpu_s_per_gib", f64::NAN, &[]);
+        // No floor measured: nothing derived.
+        r.derive();
+        assert_eq!(r.fig(Kind::Ours, "cpu_per_aead"), None);
+        r.ceiling("aead_s_per_gib", 0.6, &[0.6]);
+        r.derive();
+        assert_eq!(r.fig(Kind::Ours, "cpu_per_aead"), Some(2.0));
+        assert_eq!(r.fig(Kind::Ours, "rs_cpu_per_aead"), Some(2.5));
+        assert_eq!(r.fig(Kind::Rust, "cpu_per_aead"), Some(5.0));
+        assert_eq!(r.fig(Kind::Rust, "rs_cpu_per_aead"), None);
+        assert_eq!(r.fig(Kind::Ours, "conc_cpu_per_aead"), None);
+        assert_eq!(r.ratio("cpu_per_aead", Kind::Rust), Some(0.4));
+        let md = r.markdown();
+        assert!(
+            md.contains("| relay CPU per relayed GiB / AEAD floor (single circuit, our perf peers; target ≤ 1.5) (×) | lower | 2 | 5 | 0.400 |"),
+            "{md}"
+        );
+        assert!(md.contains("| AEAD floor: seal+open s per GiB"), "{md}");
+        let j = r.json();
+        assert_eq!(j["relays"]["ours"]["figures"]["cpu_per_aead"], 2.0);
+        assert_eq!(j["ratios"]["ours/rust-libp2p"]["cpu_per_aead"], 0.4);
+    }
+
+    #[test]
+    fn relayed_over_direct_for_both_perf_peer_sets() {
+        let mut r = Report::new(config());
+        r.ceiling("direct_up_mib_s", 400.0, &[]);
+        r.ceiling("direct_down_mib_s", 500.0, &[]);
+        r.ceiling("rs_direct_up_mib_s", 200.0, &[]);
+        r.set(Kind::Ours, "up_mib_s", 200.0, &[]);
+        r.set(Kind::Rust, "up_mib_s", 100.0, &[]);
+        r.set(Kind::Ours, "down_mib_s", 250.0, &[]);
+        r.set(Kind::Ours, "rs_up_mib_s", 150.0, &[]);
+        r.set(Kind::Rust, "rs_up_mib_s", 50.0, &[]);
+        let md = r.markdown();
+        assert!(
+            md.contains(
+                "Relayed / direct, our perf peers (upload): ours 0.500; rust-libp2p 0.250."
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("Relayed / direct, our perf peers (download): ours 0.500; rust-libp2p —."),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "Relayed / direct, rust-libp2p perf peers (upload): ours 0.750; rust-libp2p 0.250."
+            ),
+            "{md}"
+        );
+        // No direct rust-libp2p download ceiling: no line for it.
+        assert!(!md.contains("rust-libp2p perf peers (download)"), "{md}");
+        assert!(md.contains("| single circuit (rust-libp2p perf peers): upload (MiB/s) | higher | 150 | 50 | 3 |"), "{md}");
+        assert!(md.contains("| direct perf rust-libp2p ↔ rust-libp2p (Noise + yamux, no relay): upload | 200 | MiB/s |"), "{md}");
     }
 }

@@ -1,0 +1,188 @@
+//! The AEAD floor: what ChaCha20-Poly1305 alone costs per GiB on one core, with the
+//! same `ring` calls our Noise transport makes (crates/proto/src/noise/transport.rs:
+//! `seal_in_place_separate_tag` / `open_in_place`, empty AD, nonce = 4 zero bytes ||
+//! 64-bit little-endian counter). A relay opens every relayed frame from one side and
+//! seals it for the other, so seal + open of a GiB is the least CPU a Noise relay can
+//! spend per relayed GiB.
+
+use anyhow::{bail, Context};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use ring::rand::{SecureRandom, SystemRandom};
+use rustix::time::{clock_gettime, ClockId};
+
+/// Largest Noise plaintext: a 65 535-byte frame minus the 16-byte tag.
+pub const FRAME: usize = 65_535 - TAG_LEN;
+const TAG_LEN: usize = 16;
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// The figures of one measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct AeadFloor {
+    /// Plaintext bytes sealed and then opened.
+    pub bytes: u64,
+    /// Frames of at most [`FRAME`] bytes.
+    pub frames: u64,
+    /// CPU time of the measuring thread, s.
+    pub cpu_s: f64,
+    /// Wall time, s.
+    pub wall_s: f64,
+}
+
+impl AeadFloor {
+    /// Thread CPU seconds per GiB sealed and opened.
+    pub fn cpu_s_per_gib(&self) -> f64 {
+        self.cpu_s / (self.bytes as f64 / GIB)
+    }
+
+    /// Wall seconds per GiB (the same, plus time the thread was not on a core).
+    pub fn wall_s_per_gib(&self) -> f64 {
+        self.wall_s / (self.bytes as f64 / GIB)
+    }
+}
+
+/// Both ends of one Noise direction: the sender's and the receiver's cipher state.
+pub struct SealOpen {
+    send: LessSafeKey,
+    recv: LessSafeKey,
+    nonce: u64,
+}
+
+fn nonce(n: u64) -> Nonce {
+    let mut b = [0u8; 12];
+    b[4..].copy_from_slice(&n.to_le_bytes());
+    Nonce::assume_unique_for_key(b)
+}
+
+impl SealOpen {
+    /// Both ends with the same random key.
+    pub fn new() -> anyhow::Result<SealOpen> {
+        let mut key = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| anyhow::anyhow!("no random key"))?;
+        let k = || {
+            UnboundKey::new(&CHACHA20_POLY1305, &key)
+                .map(LessSafeKey::new)
+                .map_err(|_| anyhow::anyhow!("bad ChaCha20-Poly1305 key"))
+        };
+        Ok(SealOpen {
+            send: k()?,
+            recv: k()?,
+            nonce: 0,
+        })
+    }
+
+    /// Seals `frame[..len]` in place and writes the tag after it (`frame` is
+    /// `len + 16` bytes), like the sending end.
+    pub fn seal(&mut self, frame: &mut [u8]) -> anyhow::Result<()> {
+        let len = frame
+            .len()
+            .checked_sub(TAG_LEN)
+            .context("frame too short")?;
+        let (plain, tag_out) = frame.split_at_mut(len);
+        let tag = self
+            .send
+            .seal_in_place_separate_tag(nonce(self.nonce), Aad::empty(), plain)
+            .map_err(|_| anyhow::anyhow!("seal failed"))?;
+        tag_out.copy_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    /// Opens a sealed frame in place with the receiving end's key, then moves both
+    /// ends to the next nonce. Fails if the frame was altered.
+    pub fn open(&mut self, frame: &mut [u8]) -> anyhow::Result<()> {
+        let n = nonce(self.nonce);
+        self.nonce += 1;
+        match self.recv.open_in_place(n, Aad::empty(), frame) {
+            Ok(_) => Ok(()),
+            Err(_) => bail!(
+                "open failed: frame {} does not authenticate",
+                self.nonce - 1
+            ),
+        }
+    }
+}
+
+/// Seals and opens `total` bytes (rounded up to whole frames) in `frame`-byte frames
+/// on the calling thread; call it from a thread of its own (`spawn_blocking`).
+pub fn measure(total: u64, frame: usize) -> anyhow::Result<AeadFloor> {
+    if frame == 0 || frame > FRAME {
+        bail!("frame size {frame} outside 1..={FRAME}");
+    }
+    let mut ends = SealOpen::new()?;
+    let pattern: Vec<u8> = (0..frame).map(|i| (i * 31 + 7) as u8).collect();
+    let mut buf = pattern.clone();
+    buf.resize(frame + TAG_LEN, 0);
+    let frames = total.div_ceil(frame as u64).max(1);
+    let cpu0 = clock_gettime(ClockId::ThreadCPUTime);
+    let t0 = std::time::Instant::now();
+    for _ in 0..frames {
+        ends.seal(&mut buf)?;
+        ends.open(&mut buf)?;
+    }
+    let wall_s = t0.elapsed().as_secs_f64();
+    let cpu1 = clock_gettime(ClockId::ThreadCPUTime);
+    // Opening restored the plaintext in place: proof that real work was done.
+    if buf[..frame] != pattern[..] {
+        bail!("seal + open did not give the plaintext back");
+    }
+    let cpu_s = (cpu1.tv_sec - cpu0.tv_sec) as f64 + (cpu1.tv_nsec - cpu0.tv_nsec) as f64 * 1e-9;
+    Ok(AeadFloor {
+        bytes: frames * frame as u64,
+        frames,
+        cpu_s,
+        wall_s,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_is_the_largest_noise_plaintext() {
+        assert_eq!(FRAME, 65_519);
+    }
+
+    #[test]
+    fn seal_then_open_round_trips_and_a_flipped_bit_fails() {
+        let mut ends = SealOpen::new().unwrap();
+        let mut f = vec![0u8; 100 + TAG_LEN];
+        f[..100].copy_from_slice(&[42u8; 100]);
+        ends.seal(&mut f).unwrap();
+        assert_ne!(&f[..100], &[42u8; 100][..], "sealing must encrypt");
+        ends.open(&mut f).unwrap();
+        assert_eq!(&f[..100], &[42u8; 100][..]);
+
+        ends.seal(&mut f).unwrap();
+        f[7] ^= 1;
+        assert!(ends.open(&mut f).is_err());
+    }
+
+    #[test]
+    fn ends_use_one_nonce_per_frame() {
+        // The second frame is sealed under nonce 1: opening it as frame 0 fails.
+        let mut a = SealOpen::new().unwrap();
+        let mut b = SealOpen {
+            send: a.send.clone(),
+            recv: a.recv.clone(),
+            nonce: 0,
+        };
+        let mut f = vec![1u8; 32 + TAG_LEN];
+        a.seal(&mut f).unwrap();
+        a.open(&mut f).unwrap();
+        a.seal(&mut f).unwrap();
+        assert!(b.open(&mut f).is_err());
+    }
+
+    #[test]
+    fn measure_counts_whole_frames_and_spends_cpu() {
+        let r = measure(1 << 20, FRAME).unwrap();
+        assert_eq!(r.frames, 17); // 1 MiB / 65 519 rounded up
+        assert_eq!(r.bytes, 17 * FRAME as u64);
+        assert!(r.cpu_s > 0.0 && r.wall_s > 0.0, "{r:?}");
+        assert!(r.cpu_s_per_gib().is_finite() && r.cpu_s_per_gib() > 0.0);
+        assert!(measure(1, 0).is_err());
+        assert!(measure(1, FRAME + 1).is_err());
+    }
+}
