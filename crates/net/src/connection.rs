@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, BytesMut};
 use circuit_proto::multistream;
 use circuit_proto::noise;
 use circuit_proto::relay::Limit;
-use circuit_proto::yamux::{self, Event as MuxEvent, Session, StreamError, StreamId};
+use circuit_proto::yamux::{self, Chunk, Event as MuxEvent, Session, StreamError, StreamId};
 use libp2p_identity::PeerId;
 use multiaddr::Multiaddr;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -387,11 +388,7 @@ impl Stream {
     /// the stream. The chunk the session buffered is handed over without copying when it
     /// fits, so a relay moving data with this and [`Stream::poll_write_chunk`] copies no
     /// payload bytes between two connections.
-    pub fn poll_read_chunk(
-        &mut self,
-        cx: &mut Context<'_>,
-        max: usize,
-    ) -> Poll<io::Result<Vec<u8>>> {
+    pub fn poll_read_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Chunk>> {
         if self.unconfirmed.is_some() || self.prefix_pos < self.prefix.len() {
             // Negotiation leftovers: the plain read path handles them.
             let mut buf = vec![0u8; max.min(16 * 1024)];
@@ -400,7 +397,7 @@ impl Stream {
                 Poll::Ready(Ok(())) => {
                     let n = rb.filled().len();
                     buf.truncate(n);
-                    Poll::Ready(Ok(buf))
+                    Poll::Ready(Ok(Chunk::from(buf)))
                 }
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                 Poll::Pending => Poll::Pending,
@@ -435,7 +432,7 @@ impl Stream {
     pub fn poll_write_chunk(
         &mut self,
         cx: &mut Context<'_>,
-        chunk: &mut Vec<u8>,
+        chunk: &mut Chunk,
     ) -> Poll<io::Result<()>> {
         let mut st = lock(&self.conn.shared);
         if let Some(why) = &st.closed {
@@ -743,29 +740,35 @@ impl Future for Driver {
                 // An idle connection reads into a small stack buffer, so receiving the odd
                 // ping or window update allocates only that much; a read that fills it
                 // switches to large reads straight into the Noise buffer.
-                let mut small = [0u8; SMALL_READ];
                 let small_read = this.transport.prefers_small_read();
-                let space = if small_read {
-                    &mut small[..]
+                let res = if small_read {
+                    let mut small = [0u8; SMALL_READ];
+                    let mut rb = ReadBuf::new(&mut small[..]);
+                    match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+                        Poll::Ready(Ok(())) => {
+                            let n = rb.filled().len();
+                            this.transport.handle_input(&small[..n]);
+                            Poll::Ready(Ok(n))
+                        }
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        Poll::Pending => Poll::Pending,
+                    }
                 } else {
-                    this.transport.read_space(READ_CHUNK)
+                    // Into the spare capacity of the Noise input buffer, not zeroed first.
+                    let buf = this.transport.input_buf(READ_CHUNK);
+                    let res = tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, buf);
+                    if let Poll::Ready(Ok(n)) = res {
+                        this.transport.note_input(n);
+                    }
+                    res
                 };
-                let mut rb = ReadBuf::new(space);
-                match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                match res {
+                    Poll::Ready(Ok(0)) => {
                         this.eof = true;
                         remote_closed = true;
                         progress = true;
                     }
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        if small_read {
-                            this.transport.handle_input(&small[..n]);
-                        } else {
-                            this.transport.commit_input(n);
-                        }
-                        progress = true;
-                    }
+                    Poll::Ready(Ok(_)) => progress = true,
                     Poll::Ready(Err(e)) => {
                         this.eof = true;
                         read_failed = Some(format!("read: {e}"));
@@ -780,6 +783,13 @@ impl Future for Driver {
                     read_failed = Some(format!("noise: {e}"));
                 }
             }
+            // The decrypted frames, owned: their payloads go to the streams as pieces of
+            // this buffer, without a copy.
+            let mut frames = if ranges.is_empty() {
+                BytesMut::new()
+            } else {
+                this.transport.take_decrypted()
+            };
 
             // 2. Plaintext → yamux, under the lock.
             let mut st = lock(&shared);
@@ -790,11 +800,15 @@ impl Future for Driver {
                     this.fail(&mut st, format!("yamux: {e}"));
                 }
             }
+            let mut pos = 0;
             for r in ranges.drain(..) {
                 if st.closed.is_some() {
                     break;
                 }
-                if let Err(e) = st.session.handle_input(this.transport.plaintext(r), now) {
+                frames.advance(r.start - pos);
+                pos = r.end;
+                let plain = frames.split_to(r.len());
+                if let Err(e) = st.session.handle_input_owned(plain, now) {
                     tracing::warn!(peer = %this.conn.info.peer, error = %e, "yamux protocol error; closing");
                     this.fail(&mut st, format!("yamux: {e}"));
                 }

@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 
 use circuit_net::Stream;
 use circuit_proto::relay::Limit;
+use circuit_proto::yamux::Chunk;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Which way a forwarded chunk went.
@@ -86,13 +87,10 @@ enum DirEnd {
 /// connections); any other `AsyncRead + AsyncWrite` goes through [`Buffered`].
 pub(crate) trait Side: Unpin {
     /// Reads up to `max` (> 0) bytes; an empty chunk is the end of the stream.
-    fn poll_read_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Vec<u8>>>;
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Chunk>>;
     /// Writes the whole chunk; on `Ready(Ok)` it has been taken (left empty).
-    fn poll_write_chunk(
-        &mut self,
-        cx: &mut Context<'_>,
-        chunk: &mut Vec<u8>,
-    ) -> Poll<io::Result<()>>;
+    fn poll_write_chunk(&mut self, cx: &mut Context<'_>, chunk: &mut Chunk)
+        -> Poll<io::Result<()>>;
     /// Half-closes the write side.
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Ends a run of chunk writes: makes sure they get sent (see [`Stream::flush_chunks`]).
@@ -110,13 +108,13 @@ pub(crate) trait Side: Unpin {
 pub(crate) const RELAY_MAX_WINDOW: u32 = 1024 * 1024;
 
 impl Side for Stream {
-    fn poll_read_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Vec<u8>>> {
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Chunk>> {
         Stream::poll_read_chunk(self, cx, max)
     }
     fn poll_write_chunk(
         &mut self,
         cx: &mut Context<'_>,
-        chunk: &mut Vec<u8>,
+        chunk: &mut Chunk,
     ) -> Poll<io::Result<()>> {
         Stream::poll_write_chunk(self, cx, chunk)
     }
@@ -151,14 +149,14 @@ impl<T> Buffered<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Side for Buffered<T> {
-    fn poll_read_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Vec<u8>>> {
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Chunk>> {
         let mut buf = vec![0u8; max.min(self.buf_size)];
         let mut rb = ReadBuf::new(&mut buf);
         match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
             Poll::Ready(Ok(())) => {
                 let n = rb.filled().len();
                 buf.truncate(n);
-                Poll::Ready(Ok(buf))
+                Poll::Ready(Ok(Chunk::from(buf)))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
@@ -167,7 +165,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Side for Buffered<T> {
     fn poll_write_chunk(
         &mut self,
         cx: &mut Context<'_>,
-        chunk: &mut Vec<u8>,
+        chunk: &mut Chunk,
     ) -> Poll<io::Result<()>> {
         while self.written < chunk.len() {
             match Pin::new(&mut self.io).poll_write(cx, &chunk[self.written..]) {
@@ -199,7 +197,7 @@ struct Dir<'a> {
     chunk_max: usize,
     total: u64,
     /// A chunk read and not yet written on.
-    pending: Vec<u8>,
+    pending: Chunk,
     /// The source ended (or, at the limit, was found to end): closing the destination.
     closing: bool,
     /// The limit was reached: checking whether the source ends right there.
@@ -220,7 +218,7 @@ impl<'a> Dir<'a> {
             max,
             chunk_max,
             total: 0,
-            pending: Vec::new(),
+            pending: Chunk::default(),
             closing: false,
             probing: false,
             end: None,
@@ -265,7 +263,7 @@ impl<'a> Dir<'a> {
                 let n = self.pending.len() as u64;
                 if let Some((tap, dir)) = self.tap {
                     // A copy only when observed: the tap sees exactly what was written on.
-                    let copy = self.pending.clone();
+                    let copy = self.pending.to_vec();
                     match w.poll_write_chunk(cx, &mut self.pending) {
                         Poll::Ready(Ok(())) => (tap.0)(dir, &copy),
                         Poll::Ready(Err(_)) => {

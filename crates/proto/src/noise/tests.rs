@@ -889,3 +889,66 @@ fn oversized_plaintext_is_refused_by_seal_frame() {
     ));
     assert_eq!(out, vec![9u8; 3]);
 }
+
+#[test]
+fn decrypted_frames_are_taken_whole_and_split_without_copy() {
+    let ((mut ti, _), (mut tr, _)) = pair(
+        &Keypair::generate_ed25519(),
+        &Keypair::generate_ed25519(),
+        Config::default(),
+        Config::default(),
+        41,
+        1000,
+    )
+    .unwrap();
+    let mut rng = StdRng::seed_from_u64(41);
+    let mut wire = Vec::new();
+    let mut sent = Vec::new();
+    for _ in 0..200 {
+        let msg = pattern(rng.gen_range(1..=MAX_PLAINTEXT));
+        ti.encrypt(&msg, &mut wire).unwrap();
+        sent.extend_from_slice(&msg);
+    }
+    let mut got = Vec::new();
+    // Pieces kept alive across reads, as a slow stream would: the next reads must not
+    // overwrite them.
+    let mut held: std::collections::VecDeque<bytes::BytesMut> = Default::default();
+    let mut ranges = Vec::new();
+    let mut rest = &wire[..];
+    while !rest.is_empty() || !held.is_empty() {
+        if !rest.is_empty() {
+            let buf = tr.input_buf(64 * 1024);
+            let spare = buf.capacity() - buf.len();
+            assert!(spare >= 4 * 1024);
+            let n = rng.gen_range(1..=spare).min(rest.len());
+            buf.extend_from_slice(&rest[..n]);
+            tr.note_input(n);
+            rest = &rest[n..];
+            assert!(tr.inbuf_capacity_for_test() <= 4 * (MAX_FRAME + 2));
+        }
+        ranges.clear();
+        tr.decrypt_buffered(&mut ranges).unwrap();
+        let mut frames = tr.take_decrypted();
+        let base = frames.as_ptr() as usize;
+        let mut pos = 0;
+        for r in ranges.drain(..) {
+            bytes::Buf::advance(&mut frames, r.start - pos);
+            let piece = frames.split_to(r.len());
+            assert_eq!(piece.as_ptr() as usize, base + r.start, "no copy");
+            pos = r.end;
+            held.push_back(piece);
+        }
+        // Consume some of what is held (up to all of it at the end).
+        let keep = if rest.is_empty() {
+            0
+        } else {
+            rng.gen_range(0..4)
+        };
+        while held.len() > keep {
+            got.extend_from_slice(&held.pop_front().unwrap());
+        }
+    }
+    assert_eq!(got.len(), sent.len());
+    assert!(got == sent);
+    assert_eq!(tr.buffered_input(), 0);
+}

@@ -11,6 +11,7 @@
 
 use std::ops::Range;
 
+use bytes::{Buf, BytesMut};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 use super::{Error, LEN_PREFIX, MAX_PLAINTEXT, TAG_LEN};
@@ -70,19 +71,23 @@ impl CipherState {
 /// - simple: feed ciphertext with [`Transport::handle_input`], drain plaintext with
 ///   [`Transport::read_plaintext`], produce ciphertext with [`Transport::encrypt`];
 /// - zero-copy (the connection driver's hot path): receive straight into
-///   [`Transport::input_space`] + [`Transport::commit_input`], take each frame's plaintext,
-///   decrypted in place, from [`Transport::decrypt_next`]; build outgoing frames in place
-///   with [`Transport::begin_frame`] / [`Transport::seal_frame`].
+///   [`Transport::input_buf`] (+ [`Transport::note_input`]), decrypt in place with
+///   [`Transport::decrypt_buffered`] and take the decrypted frames, as an owned buffer the
+///   plaintext can be split out of, with [`Transport::take_decrypted`]; build outgoing
+///   frames in place with [`Transport::begin_frame`] / [`Transport::seal_frame`] or
+///   [`Transport::seal_in_place`].
 pub struct Transport {
     send: CipherState,
     recv: CipherState,
     initiator: bool,
-    /// Input buffer; `inbuf[start..end]` is buffered ciphertext not yet decrypted, bytes
-    /// before `start` are consumed (plaintext already handed out), `inbuf[end..]` is free
-    /// space for the next read. Its length only grows to fit one partial frame plus one read.
-    inbuf: Vec<u8>,
+    /// Input buffer; `inbuf[start..]` is buffered ciphertext not yet decrypted, bytes before
+    /// `start` are decrypted frames (handed out, or to be taken with
+    /// [`Transport::take_decrypted`]); the spare capacity is room for the next read. It only
+    /// grows to fit one partial frame plus one read.
+    inbuf: BytesMut,
     start: usize,
-    end: usize,
+    /// Length of `inbuf` before [`Transport::input_space`] zero-filled room after it.
+    space_base: Option<usize>,
     /// Size of the latest read into the buffer; small reads mark an idle connection.
     last_input: usize,
 }
@@ -102,38 +107,35 @@ impl Transport {
     /// last handshake message (pipelined transport frames).
     pub(crate) fn new(initiator: bool, k1: &[u8; 32], k2: &[u8; 32], leftover: Vec<u8>) -> Self {
         let (send, recv) = if initiator { (k1, k2) } else { (k2, k1) };
-        let end = leftover.len();
+        let last_input = leftover.len();
         Transport {
             send: CipherState::new(send),
             recv: CipherState::new(recv),
             initiator,
-            inbuf: leftover,
+            inbuf: BytesMut::from(&leftover[..]),
             start: 0,
-            end,
-            last_input: end,
+            space_base: None,
+            last_input,
         }
     }
 
-    /// Makes room for at least `want` more bytes after the buffered ones: moves a partial
-    /// frame to the front (only when the space at the end is too small) or grows the buffer.
+    /// Makes room for at least `want` more bytes after the buffered ones: drops decrypted
+    /// frames from the front, then lets `BytesMut` reuse the allocation (moving at most one
+    /// partial frame, ≤ 65537 bytes, to its front) or allocate a new one of at least
+    /// `grow_to` bytes when pieces split off the old one are still alive.
     fn reserve_input(&mut self, want: usize, grow_to: usize) {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
+        if let Some(base) = self.space_base.take() {
+            self.inbuf.truncate(base);
         }
-        if self.inbuf.len() - self.end >= want {
+        if self.inbuf.capacity() - self.inbuf.len() >= want {
             return;
         }
         if self.start > 0 {
-            // Everything complete was decrypted before, so this moves at most one partial
-            // frame (≤ 65537 bytes).
-            self.inbuf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
+            self.inbuf.advance(self.start);
             self.start = 0;
         }
-        if self.inbuf.len() - self.end < want {
-            self.inbuf.resize((self.end + want).max(grow_to), 0);
-        }
+        let len = self.inbuf.len();
+        self.inbuf.reserve(want.max(grow_to.saturating_sub(len)));
     }
 
     /// Raw ciphertext bytes from the wire (any split), buffered until [`Transport::read_plaintext`]
@@ -143,34 +145,42 @@ impl Transport {
     /// (≤ 65537 bytes) plus the latest input.
     pub fn handle_input(&mut self, data: &[u8]) {
         self.reserve_input(data.len(), 0);
-        self.inbuf[self.end..self.end + data.len()].copy_from_slice(data);
-        self.end += data.len();
+        self.inbuf.extend_from_slice(data);
         self.last_input = data.len();
     }
 
-    /// Free space of at least `want` bytes (all the free space there is; a newly allocated
-    /// buffer gets `2 × want`, so reads can be larger than `want` and partial frames are moved
-    /// to the front less often) to receive ciphertext into directly, saving the copy of
-    /// [`Transport::handle_input`]; report how much was written with
-    /// [`Transport::commit_input`]. The space is zero-initialised only when it is first
-    /// allocated, so it may hold old bytes.
-    pub fn input_space(&mut self, want: usize) -> &mut [u8] {
-        self.reserve_input(want, want.saturating_mul(2));
-        &mut self.inbuf[self.end..]
-    }
-
-    /// Like [`Transport::input_space`], sized by recent traffic: `busy_want` bytes when the
-    /// latest read was at least 4 KiB or a partial frame is buffered, 4 KiB
-    /// otherwise. A connection that only receives the odd small message (keep-alive pings,
-    /// window updates) then never allocates a frame-sized buffer; one read that fills the
-    /// small space switches it to large reads.
-    pub fn read_space(&mut self, busy_want: usize) -> &mut [u8] {
-        let want = if self.last_input >= IDLE_READ || self.start != self.end {
+    /// The input buffer, with room for at least `busy_want` more bytes when the latest read
+    /// was at least 4 KiB or a partial frame is buffered (4 KiB otherwise; a newly allocated
+    /// buffer gets twice that, so reads can be larger and partial frames move less often).
+    /// Append ciphertext to it straight from the socket (e.g. with
+    /// `tokio_util::io::poll_read_buf`, which fills the spare capacity without zeroing it),
+    /// then call [`Transport::note_input`]. A connection that only receives the odd small
+    /// message never allocates a frame-sized buffer; one read that fills the small space
+    /// switches it to large reads.
+    pub fn input_buf(&mut self, busy_want: usize) -> &mut BytesMut {
+        let want = if self.last_input >= IDLE_READ || self.buffered_input() > 0 {
             busy_want
         } else {
             IDLE_READ
         };
-        self.input_space(want)
+        self.reserve_input(want, want.saturating_mul(2));
+        &mut self.inbuf
+    }
+
+    /// Records that `n` bytes were appended to [`Transport::input_buf`].
+    pub fn note_input(&mut self, n: usize) {
+        self.last_input = n;
+    }
+
+    /// Zero-filled free space of at least `want` bytes to receive ciphertext into directly;
+    /// report how much was written with [`Transport::commit_input`]. (The driver uses
+    /// [`Transport::input_buf`], which needs no zeroing.)
+    pub fn input_space(&mut self, want: usize) -> &mut [u8] {
+        self.reserve_input(want, want.saturating_mul(2));
+        let base = self.inbuf.len();
+        self.inbuf.resize(base + want, 0);
+        self.space_base = Some(base);
+        &mut self.inbuf[base..]
     }
 
     /// Whether the next read is best made small (the latest read was small and nothing is
@@ -178,14 +188,17 @@ impl Transport {
     /// and feed it with [`Transport::handle_input`], so a connection that only receives the odd
     /// small message allocates no more than that message.
     pub fn prefers_small_read(&self) -> bool {
-        self.last_input < IDLE_READ && self.start == self.end
+        self.last_input < IDLE_READ && self.buffered_input() == 0
     }
 
     /// Marks `n` bytes written into [`Transport::input_space`] as received (clamped to the
     /// space there is).
     pub fn commit_input(&mut self, n: usize) {
-        let n = n.min(self.inbuf.len() - self.end);
-        self.end += n;
+        let Some(base) = self.space_base.take() else {
+            return;
+        };
+        let n = n.min(self.inbuf.len() - base);
+        self.inbuf.truncate(base + n);
         self.last_input = n;
     }
 
@@ -195,7 +208,10 @@ impl Transport {
     /// Errors on a frame that fails authentication (tampered, truncated below the tag,
     /// replayed) or on nonce exhaustion; the connection must then be dropped.
     pub fn decrypt_next(&mut self) -> Result<Option<&[u8]>, Error> {
-        let Some(len) = complete_frame_len(&self.inbuf[self.start..self.end]) else {
+        if let Some(base) = self.space_base.take() {
+            self.inbuf.truncate(base);
+        }
+        let Some(len) = complete_frame_len(&self.inbuf[self.start..]) else {
             return Ok(None);
         };
         let body = self.start + LEN_PREFIX;
@@ -214,9 +230,10 @@ impl Transport {
     }
 
     /// Decrypts in place every complete frame buffered and appends the positions of their
-    /// plaintexts to `ranges`; get the bytes with [`Transport::plaintext`]. The positions stay
-    /// valid until the next call that feeds input, decrypts or releases the buffer. Lets a
-    /// driver decrypt without holding a lock, then hand the plaintext over under it.
+    /// plaintexts to `ranges`; get the bytes with [`Transport::plaintext`], or take them all
+    /// with [`Transport::take_decrypted`]. The positions stay valid until the next call that
+    /// feeds input, takes the decrypted frames or releases the buffer. Lets a driver decrypt
+    /// without holding a lock, then hand the plaintext over under it.
     ///
     /// Errors like [`Transport::decrypt_next`]; ranges of the frames before the bad one are
     /// still appended.
@@ -239,6 +256,16 @@ impl Transport {
         self.inbuf.get(range).unwrap_or(&[])
     }
 
+    /// Splits the decrypted frames off the front of the input buffer and returns them: the
+    /// positions from [`Transport::decrypt_buffered`] index into the returned buffer, whose
+    /// plaintext can then be split into owned pieces without copying. The allocation stays
+    /// shared until every piece is dropped; meanwhile a read that needs room allocates anew.
+    pub fn take_decrypted(&mut self) -> BytesMut {
+        let taken = self.inbuf.split_to(self.start);
+        self.start = 0;
+        taken
+    }
+
     /// Decrypts every complete frame buffered, appending the plaintext to `out`; returns the number of
     /// plaintext bytes appended (0 if no complete frame is buffered yet).
     ///
@@ -258,11 +285,11 @@ impl Transport {
     /// connection does not pin a frame-sized buffer (the next large read allocates it again).
     /// Returns whether it was freed.
     pub fn release_if_idle(&mut self) -> bool {
-        if self.start == self.end {
+        if self.space_base.is_none() && self.start == self.inbuf.len() {
             self.start = 0;
-            self.end = 0;
-            if self.last_input < IDLE_READ && !self.inbuf.is_empty() {
-                self.inbuf = Vec::new();
+            self.inbuf.clear();
+            if self.last_input < IDLE_READ && self.inbuf.capacity() > 0 {
+                self.inbuf = BytesMut::new();
                 return true;
             }
         }
@@ -343,7 +370,7 @@ impl Transport {
 
     /// Number of ciphertext bytes buffered but not yet decrypted (a partial frame, normally).
     pub fn buffered_input(&self) -> usize {
-        self.end - self.start
+        self.space_base.unwrap_or(self.inbuf.len()) - self.start
     }
 
     /// Whether we were the handshake initiator.

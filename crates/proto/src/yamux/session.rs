@@ -3,6 +3,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
+use bytes::{Buf, BytesMut};
+
+use super::buf::{Chunk, ChunkBuf};
 use super::frame::{Flags, FrameType, Header, HEADER_LEN};
 use super::stream::Stream;
 use super::{
@@ -119,6 +122,18 @@ impl Session {
     /// kept until complete. On error the session is failed: send what `poll_transmit`
     /// returns (a Go Away) and close the connection.
     pub fn handle_input(&mut self, data: &[u8], now: Instant) -> Result<(), Error> {
+        self.handle(data, now)
+    }
+
+    /// Like [`Session::handle_input`], for input the caller owns (a decrypted frame split
+    /// off the connection's receive buffer): Data payloads of at least [`SHARE_MIN`] bytes
+    /// are handed to their streams as pieces of `data` ([`Chunk::shared`]) instead of
+    /// being copied.
+    pub fn handle_input_owned(&mut self, data: BytesMut, now: Instant) -> Result<(), Error> {
+        self.handle(data, now)
+    }
+
+    fn handle(&mut self, data: impl Input, now: Instant) -> Result<(), Error> {
         if let Some(e) = &self.fatal {
             return Err(e.clone());
         }
@@ -136,14 +151,14 @@ impl Session {
         }
     }
 
-    fn parse(&mut self, mut input: &[u8], now: Instant) -> Result<(), Error> {
-        while !input.is_empty() {
+    fn parse(&mut self, mut input: impl Input, now: Instant) -> Result<(), Error> {
+        while !input.bytes().is_empty() {
             match &mut self.recv {
                 RecvState::Header { buf, filled } => {
-                    let n = (HEADER_LEN - *filled).min(input.len());
-                    buf[*filled..*filled + n].copy_from_slice(&input[..n]);
+                    let n = (HEADER_LEN - *filled).min(input.bytes().len());
+                    buf[*filled..*filled + n].copy_from_slice(&input.bytes()[..n]);
                     *filled += n;
-                    input = &input[n..];
+                    input.skip(n);
                     if *filled == HEADER_LEN {
                         let header = Header::decode(buf)?;
                         self.recv = RecvState::header();
@@ -156,14 +171,15 @@ impl Session {
                     flags,
                     deliver,
                 } => {
-                    let n = (*remaining as usize).min(input.len());
+                    let n = (*remaining as usize).min(input.bytes().len());
                     let (id, flags, deliver) = (*id, *flags, *deliver);
                     *remaining -= n as u32;
                     let done = *remaining == 0;
                     if deliver {
-                        self.on_body(id, &input[..n]);
+                        self.on_body(id, &mut input, n);
+                    } else {
+                        input.skip(n);
                     }
-                    input = &input[n..];
                     if done {
                         self.recv = RecvState::header();
                         self.on_frame_end(id, flags);
@@ -291,22 +307,26 @@ impl Session {
         }
     }
 
-    fn on_body(&mut self, id: StreamId, bytes: &[u8]) {
+    /// The next `n` bytes of `input` are payload for stream `id`.
+    fn on_body(&mut self, id: StreamId, input: &mut impl Input, n: usize) {
         let Some(s) = self.streams.get_mut(&id) else {
+            input.skip(n);
             return;
         };
         if s.reset || s.remote_fin {
+            input.skip(n);
             return;
         }
         if s.released {
             // Nobody will read: consume at once so the peer can finish its side.
+            input.skip(n);
             let threshold = s.window / 2;
-            if s.credit(bytes.len() as u32, threshold) {
+            if s.credit(n as u32, threshold) {
                 self.schedule_ctrl(id);
             }
             return;
         }
-        s.recv_buf.extend(bytes);
+        input.move_into(n, &mut s.recv_buf);
         if !s.read_notified {
             s.read_notified = true;
             self.events.push_back(Event::Readable(id));
@@ -552,7 +572,7 @@ impl Session {
     /// Like [`Session::stream_read`], but hands out up to `max` buffered bytes as an owned
     /// chunk, without copying when a whole buffered chunk fits (see [`Session::stream_write_chunk`]
     /// for the other half of a copy-free relay). `Ok(empty)` is end of stream (or `max == 0`).
-    pub fn stream_read_chunk(&mut self, id: StreamId, max: usize) -> Result<Vec<u8>, StreamError> {
+    pub fn stream_read_chunk(&mut self, id: StreamId, max: usize) -> Result<Chunk, StreamError> {
         let s = self.streams.get_mut(&id).ok_or(StreamError::Unknown)?;
         s.read_notified = false;
         if s.reset {
@@ -563,7 +583,7 @@ impl Session {
         }
         let Some(chunk) = s.recv_buf.pop_chunk(max) else {
             return if s.remote_fin || max == 0 {
-                Ok(Vec::new())
+                Ok(Chunk::default())
             } else {
                 Err(StreamError::WouldBlock)
             };
@@ -579,8 +599,8 @@ impl Session {
     pub fn stream_write_chunk(
         &mut self,
         id: StreamId,
-        chunk: Vec<u8>,
-    ) -> Result<(), (StreamError, Vec<u8>)> {
+        chunk: Chunk,
+    ) -> Result<(), (StreamError, Chunk)> {
         let max_buf = self.config.max_send_buffer;
         let Some(s) = self.streams.get_mut(&id) else {
             return Err((StreamError::Unknown, chunk));
@@ -885,5 +905,51 @@ impl Session {
             s.clear_for_reset();
         }
         self.streams.retain(|_, s| !s.released);
+    }
+}
+
+/// Smallest Data payload [`Session::handle_input_owned`] hands over as a piece of the input
+/// instead of copying it: smaller ones are copied (into the stream's last chunk), so a
+/// stream of tiny frames does not turn into a queue of tiny pieces.
+pub const SHARE_MIN: usize = 2048;
+
+/// Input being parsed: borrowed (payload is copied into stream buffers) or owned (large
+/// payloads are split off and moved).
+trait Input {
+    /// What is left.
+    fn bytes(&self) -> &[u8];
+    /// Drops the next `n` bytes.
+    fn skip(&mut self, n: usize);
+    /// Moves the next `n` bytes to the end of `to`.
+    fn move_into(&mut self, n: usize, to: &mut ChunkBuf);
+}
+
+impl Input for &[u8] {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn skip(&mut self, n: usize) {
+        *self = &self[n..];
+    }
+    fn move_into(&mut self, n: usize, to: &mut ChunkBuf) {
+        to.extend(&self[..n]);
+        self.skip(n);
+    }
+}
+
+impl Input for BytesMut {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn skip(&mut self, n: usize) {
+        self.advance(n);
+    }
+    fn move_into(&mut self, n: usize, to: &mut ChunkBuf) {
+        if n >= SHARE_MIN {
+            to.push_chunk(Chunk::shared(self.split_to(n)));
+        } else {
+            to.extend(&self[..n]);
+            self.advance(n);
+        }
     }
 }

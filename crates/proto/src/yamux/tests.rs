@@ -46,8 +46,16 @@ fn transfer(from: &mut Session, to: &mut Session, chunk: usize, max: usize, now:
     let mut out = Vec::new();
     let n = from.poll_transmit(&mut out, max);
     assert_eq!(n, out.len());
-    for piece in out.chunks(chunk.max(1)) {
-        to.handle_input(piece, now).expect("peer input is valid");
+    // Alternate borrowed and owned input, so every test exercises both paths (owned
+    // input hands large payloads over as shared pieces).
+    for (i, piece) in out.chunks(chunk.max(1)).enumerate() {
+        if i % 2 == 0 {
+            to.handle_input(piece, now).expect("peer input is valid");
+        } else {
+            let owned = bytes::BytesMut::from(piece);
+            to.handle_input_owned(owned, now)
+                .expect("peer input is valid");
+        }
     }
     n
 }
@@ -853,7 +861,7 @@ fn chunk_read_and_write_move_data_between_sessions() {
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
     let mut fed = 0;
     let mut got = Vec::new();
-    let mut held: Option<Vec<u8>> = None;
+    let mut held: Option<Chunk> = None;
     let mut a_fin_sent = false;
     let mut b_fin_sent = false;
     for _ in 0..10_000 {
@@ -1052,4 +1060,36 @@ fn per_stream_window_cap_bounds_growth() {
     // Grown from 256 KiB to the 512 KiB cap, no further.
     assert!(deltas > (8 << 20) + 1, "{deltas}");
     assert!(deltas <= (8 << 20) + 1 + 256 * 1024, "{deltas}");
+}
+
+#[test]
+fn owned_input_hands_large_payloads_over_without_copy() {
+    let now = Instant::now();
+    let mut c = Session::new(Mode::Client, Config::default());
+    let mut s = Session::new(Mode::Server, Config::default());
+    let id = c.open_stream().unwrap();
+    let big = vec![7u8; 20_000];
+    let small = vec![8u8; 100];
+    assert_eq!(c.stream_write(id, &big).unwrap(), big.len());
+    let mut wire = Vec::new();
+    c.poll_transmit(&mut wire, 1 << 20);
+    assert_eq!(c.stream_write(id, &small).unwrap(), small.len());
+    c.poll_transmit(&mut wire, 1 << 20);
+    let input = bytes::BytesMut::from(&wire[..]);
+    let (lo, hi) = (
+        input.as_ptr() as usize,
+        input.as_ptr() as usize + input.len(),
+    );
+    s.handle_input_owned(input, now).unwrap();
+    // The large payload is a piece of the input buffer itself; the small one a copy.
+    let first = s.stream_read_chunk(id, usize::MAX).unwrap();
+    assert_eq!(&first[..], &big[..]);
+    assert!(first.is_shared());
+    let at = first.as_ptr() as usize;
+    assert!(lo <= at && at < hi, "payload was copied");
+    let second = s.stream_read_chunk(id, usize::MAX).unwrap();
+    assert_eq!(&second[..], &small[..]);
+    assert!(!second.is_shared());
+    let at = second.as_ptr() as usize;
+    assert!(!(lo <= at && at < hi));
 }
