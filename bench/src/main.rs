@@ -136,6 +136,8 @@ pub struct Config {
     clients: Vec<String>,
     aead_size: u64,
     workloads: Vec<String>,
+    /// Base name of the results files.
+    name: String,
 }
 
 impl Config {
@@ -156,6 +158,7 @@ impl Config {
             clients: a.clients.clone(),
             aead_size: a.aead_size.unwrap_or(if q { 16 << 20 } else { 256 << 20 }),
             workloads: a.only.clone(),
+            name: a.name.clone(),
         }
     }
 
@@ -280,8 +283,8 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             .unwrap_or_else(|| root.join("bench/results"));
         std::fs::create_dir_all(&out)?;
         let (md_path, json_path) = (
-            out.join(format!("{}.md", args.name)),
-            out.join(format!("{}.json", args.name)),
+            out.join(format!("{}.md", cfg.name)),
+            out.join(format!("{}.json", cfg.name)),
         );
         std::fs::write(&md_path, &md)?;
         let json = serde_json::to_string_pretty(&report.json())?;
@@ -377,6 +380,15 @@ async fn ceilings(cfg: &Config, progs: &Programs, clients: &[Client], report: &m
         drop(proc);
     }
 }
+
+/// js-libp2p's `maxOutboundStopStreams` default (circuit relay server, per connection).
+const JS_MAX_STOP_STREAMS: usize = 300;
+
+/// Why circuits through rust-libp2p's relay fail when many are opened to one peer at once.
+const RUST_STOP_CAP: &str = "rust-libp2p's relay negotiates at most 10 outbound stop streams per \
+    connection at once (MAX_CONCURRENT_STREAMS_PER_CONNECTION in libp2p-relay 0.22, not configurable) \
+    and drops the rest (\"Dropping outbound stream because we are at capacity\"): with 16 set-ups at a \
+    time to one server, the CONNECTs of the dropped ones are never answered";
 
 /// Throughput, set-up latency and concurrent circuits, with all relays (and
 /// one perf server per relay) running at once so runs can alternate between them.
@@ -487,7 +499,15 @@ async fn transfers(
     }
 
     if cfg.runs("concurrent") {
+        if cfg.circuits > JS_MAX_STOP_STREAMS && up.iter().any(|(k, _, _)| *k == Kind::Js) {
+            report.note(format!(
+                "js-libp2p's relay allows {JS_MAX_STOP_STREAMS} outbound stop streams per connection \
+                 (maxOutboundStopStreams) and all {} circuits go to one server: the rest fail on it",
+                cfg.circuits
+            ));
+        }
         let mut samples: BTreeMap<(Kind, &str), Vec<f64>> = BTreeMap::new();
+        let mut rust_cap_noted = false;
         for run in 0..cfg.runs {
             for (k, relay, servers) in &up {
                 let Some(server) = servers.get(&Client::Ours) else {
@@ -514,6 +534,13 @@ async fn transfers(
                                 *k,
                                 format!("concurrent: {} circuits failed, first: {e}", c.failed),
                             );
+                            if *k == Kind::Rust
+                                && !rust_cap_noted
+                                && e.contains("did not answer CONNECT")
+                            {
+                                rust_cap_noted = true;
+                                report.note(RUST_STOP_CAP.into());
+                            }
                         }
                         let (min, med, max, fair) = workloads::fairness(&c.per_circuit_mib_s);
                         for (m, v) in [
@@ -625,13 +652,13 @@ mod tests {
         let c = Config::from(&a);
         assert_eq!(c.clients, ["ours", "rust"]);
         assert_eq!(c.aead_size, 256 << 20);
-        assert_eq!(a.name, "latest");
+        assert_eq!(c.name, "latest");
         let a = Args::try_parse_from(["bench", "--quick", "--clients", "rust", "--name", "scale"])
             .unwrap();
         let c = Config::from(&a);
         assert_eq!(c.clients, ["rust"]);
         assert_eq!(c.aead_size, 16 << 20);
-        assert_eq!(a.name, "scale");
+        assert_eq!(c.name, "scale");
         assert!(Args::try_parse_from(["bench", "--name", "a/b"]).is_err());
     }
 }

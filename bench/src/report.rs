@@ -403,9 +403,12 @@ impl Report {
     /// The results as markdown.
     pub fn markdown(&self) -> String {
         let c = &self.config;
-        let mib = |b: u64| format!("{} MiB", b as f64 / (1u64 << 20) as f64);
         let mut s = String::new();
-        s += "# Relay benchmark: latest run\n\n";
+        s += &if c.name == "latest" {
+            "# Relay benchmark: latest run\n\n".to_string()
+        } else {
+            format!("# Relay benchmark: {}\n\n", c.name)
+        };
         s += &format!(
             "{}; {}; the run took {:.0} s.\n\n",
             self.date, self.machine, self.elapsed_s
@@ -416,14 +419,7 @@ impl Report {
             loadavg()
         );
         s += &format!("Command: `{}`\n\n", self.command);
-        s += &format!(
-            "Workloads: {}. Single circuit: {} each way, median of {} runs, perf peers: {}. Set-up: {} fresh set-ups. \
-             Concurrent: {} circuits × {} each way, median of {} runs. Scale: {} reservations, {} being made at a time. \
-             AEAD floor: {} sealed and opened.\n\n",
-            c.workloads.join(", "),
-            mib(c.size), c.runs, c.clients.join(", "), c.setups, c.circuits, mib(c.circuit_size), c.runs,
-            c.reservations, c.reservation_parallel, mib(c.aead_size)
-        );
+        s += &self.settings_line();
         s += "All relays on loopback with limits lifted; the same clients and servers for every relay: for single-circuit \
               throughput our perf peers (`circuit perf` process → `circuit listen`) and rust-libp2p's (`rust-libp2p-peer perf` \
               → `rust-libp2p-peer perf --server --relay`), in-process circuit-net clients → `circuit listen` otherwise. \
@@ -488,6 +484,46 @@ impl Report {
             }
         }
         s
+    }
+
+    /// What was run, with the settings of those workloads only.
+    fn settings_line(&self) -> String {
+        let c = &self.config;
+        let mib = |b: u64| format!("{} MiB", b as f64 / (1u64 << 20) as f64);
+        let ran = |w: &str| c.workloads.iter().any(|x| x == w);
+        let mut parts = vec![format!("Workloads: {}.", c.workloads.join(", "))];
+        if ran("throughput") {
+            parts.push(format!(
+                "Single circuit: {} each way, median of {} runs, perf peers: {}.",
+                mib(c.size),
+                c.runs,
+                c.clients.join(", ")
+            ));
+        }
+        if ran("setup") {
+            parts.push(format!("Set-up: {} fresh set-ups.", c.setups));
+        }
+        if ran("concurrent") {
+            parts.push(format!(
+                "Concurrent: {} circuits × {} each way, median of {} runs.",
+                c.circuits,
+                mib(c.circuit_size),
+                c.runs
+            ));
+        }
+        if ran("scale") {
+            parts.push(format!(
+                "Scale: {} reservations, {} being made at a time.",
+                c.reservations, c.reservation_parallel
+            ));
+        }
+        if ran("ceilings") || ran("throughput") || ran("concurrent") {
+            parts.push(format!(
+                "AEAD floor: {} sealed and opened.",
+                mib(c.aead_size)
+            ));
+        }
+        parts.join(" ") + "\n\n"
     }
 
     /// "Relayed / direct" lines: each perf peer set's relayed rate through each
@@ -578,6 +614,7 @@ mod tests {
             clients: vec!["ours".into(), "rust".into()],
             aead_size: 1 << 20,
             workloads: vec!["throughput".into()],
+            name: "latest".into(),
         }
     }
 
@@ -600,6 +637,10 @@ mod tests {
         assert_eq!(r.fig(Kind::Ours, "conc_cpu_per_aead"), None);
         assert_eq!(r.ratio("cpu_per_aead", Kind::Rust), Some(0.4));
         let md = r.markdown();
+        assert!(md.starts_with("# Relay benchmark: latest run\n"), "{md}");
+        // Only the settings of the workloads that ran.
+        assert!(md.contains("Single circuit: 1 MiB each way"), "{md}");
+        assert!(!md.contains("Scale:") && !md.contains("Set-up:"), "{md}");
         assert!(
             md.contains("| relay CPU per relayed GiB / AEAD floor (single circuit, our perf peers; target ≤ 1.5) (×) | lower | 2 | 5 | 0.400 |"),
             "{md}"
