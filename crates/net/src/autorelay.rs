@@ -130,6 +130,10 @@ async fn run(
     let mut last_status: Option<NatStatus> = None;
     let mut next_discovery = tokio::time::Instant::now();
     loop {
+        if node.is_shut_down() {
+            // Dropping the keepers withdraws the reservations.
+            return;
+        }
         // Reachability.
         let status = match (&autonat, config.force_private) {
             (_, true) | (None, _) => NatStatus::Private,

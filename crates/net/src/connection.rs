@@ -617,23 +617,18 @@ impl Driver {
         while let Some(ev) = st.session.poll_event() {
             match ev {
                 MuxEvent::InboundStream(id) => {
-                    st.wakers.insert(id, Wakers::default());
-                    let stream = Stream::new(self.conn.clone(), id);
-                    // Stream::drop locks the state: hand it over without holding our lock
-                    // by queuing, and refuse when the acceptor is saturated.
-                    match self.inbound.try_send(stream) {
-                        Ok(()) => {}
-                        Err(e) => {
-                            tracing::debug!(peer = %self.conn.info.peer, "inbound stream refused: acceptor busy");
-                            let s = match e {
-                                mpsc::error::TrySendError::Full(s)
-                                | mpsc::error::TrySendError::Closed(s) => s,
-                            };
-                            // Drop without re-locking: release directly.
-                            st.session.stream_reset(s.id);
-                            st.session.stream_release(s.id);
-                            st.wakers.remove(&s.id);
-                            std::mem::forget(s);
+                    // Reserve the acceptor's slot first: a Stream made and then refused
+                    // would have to be dropped here, and Stream::drop locks the state we
+                    // hold.
+                    match self.inbound.try_reserve() {
+                        Ok(permit) => {
+                            st.wakers.insert(id, Wakers::default());
+                            permit.send(Stream::new(self.conn.clone(), id));
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %self.conn.info.peer, "inbound stream refused: acceptor busy or gone");
+                            st.session.stream_reset(id);
+                            st.session.stream_release(id);
                         }
                     }
                 }

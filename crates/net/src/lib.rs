@@ -28,4 +28,6 @@ pub mod web;
 pub use connection::{Connection, ConnectionInfo, Direction, Stream};
 pub use libp2p_identity::{Keypair, PeerId};
 pub use multiaddr::Multiaddr;
-pub use node::{DialError, IncomingStream, Node, NodeBuilder, NodeConfig, NodeEvent, PeerInfo};
+pub use node::{
+    DialError, IncomingStream, Node, NodeBuilder, NodeConfig, NodeEvent, PeerInfo, WeakNode,
+};

@@ -175,7 +175,9 @@ pub(crate) struct Inner {
     listen_addrs: Mutex<Vec<Multiaddr>>,
     extra_addrs: Mutex<Vec<Multiaddr>>,
     peers: Mutex<HashMap<PeerId, PeerInfo>>,
-    events: broadcast::Sender<NodeEvent>,
+    /// `None` after [`Node::shutdown`]: receivers then see the channel closed, which ends
+    /// the tasks that follow the node's events (and the node clones they hold).
+    events: Mutex<Option<broadcast::Sender<NodeEvent>>>,
     handshakes: Arc<Semaphore>,
     listeners: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -184,6 +186,22 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Node {
     pub(crate) inner: Arc<Inner>,
+}
+
+/// A reference to a [`Node`] that does not keep it alive: what a protocol handler
+/// registered on a node should hold of it ([`Node::downgrade`]). A handler holding a
+/// `Node` clone makes a cycle (node → handler → node), and the node, its peers and
+/// connection state are never freed after the last outside clone goes.
+#[derive(Clone)]
+pub struct WeakNode {
+    inner: std::sync::Weak<Inner>,
+}
+
+impl WeakNode {
+    /// The node, if it is still alive.
+    pub fn upgrade(&self) -> Option<Node> {
+        self.inner.upgrade().map(|inner| Node { inner })
+    }
 }
 
 /// Builds a [`Node`].
@@ -243,7 +261,7 @@ impl Node {
                 listen_addrs: Mutex::new(Vec::new()),
                 extra_addrs: Mutex::new(Vec::new()),
                 peers: Mutex::new(HashMap::new()),
-                events,
+                events: Mutex::new(Some(events)),
                 handshakes,
                 listeners: Mutex::new(Vec::new()),
             }),
@@ -282,14 +300,40 @@ impl Node {
 
     /// Subscribes to node events.
     pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
-        self.inner.events.subscribe()
+        match &*self.inner.events.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(tx) => tx.subscribe(),
+            // Shut down: a receiver that is closed at once.
+            None => broadcast::channel(1).1,
+        }
     }
 
     pub(crate) fn emit(&self, ev: NodeEvent) {
-        let _ = self.inner.events.send(ev);
+        if let Some(tx) = &*self.inner.events.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = tx.send(ev);
+        }
     }
 
-    /// Registers a protocol handler (replaces an earlier one for the same id).
+    /// Whether [`Node::shutdown`] was called: background loops of services built on the
+    /// node (Kademlia housekeeping, autorelay) end when they see it.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+
+    /// A reference that does not keep this node alive (see [`WeakNode`]).
+    pub fn downgrade(&self) -> WeakNode {
+        WeakNode {
+            inner: Arc::downgrade(&self.inner),
+        }
+    }
+
+    /// Registers a protocol handler (replaces an earlier one for the same id). A handler
+    /// that needs the node should capture [`Node::downgrade`], not a clone: handlers live
+    /// in the node, so a clone would keep it alive forever. [`Node::shutdown`] removes
+    /// all handlers.
     pub fn handle(&self, protocol: &str, handler: impl Fn(IncomingStream) + Send + Sync + 'static) {
         self.inner
             .handlers
@@ -386,6 +430,21 @@ impl Node {
         for c in self.connections() {
             c.close();
         }
+        // Handlers may hold clones of this node (or of things that hold it): dropping
+        // them breaks such cycles, so the node is freed with its last outside clone.
+        // Closing the event channel ends the tasks that follow it (Kademlia, the relay
+        // service, autorelay), and with them the clones they hold; events after this
+        // (the closing connections' own) are not delivered.
+        self.inner
+            .handlers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.inner
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         left
     }
 

@@ -426,9 +426,9 @@ async fn handle_v1(
 }
 
 pub(crate) fn install_stop(node: &Node) {
-    let n = node.clone();
+    let weak = node.downgrade();
     node.handle(v1::PROTOCOL, move |inc| {
-        let n = n.clone();
+        let Some(n) = weak.upgrade() else { return };
         tokio::spawn(async move {
             let relay_conn = inc.connection.clone();
             if let Err(e) = handle_v1(&n, inc.stream, &relay_conn).await {
@@ -436,9 +436,9 @@ pub(crate) fn install_stop(node: &Node) {
             }
         });
     });
-    let n = node.clone();
+    let weak = node.downgrade();
     node.handle(STOP_PROTOCOL, move |inc| {
-        let n = n.clone();
+        let Some(n) = weak.upgrade() else { return };
         tokio::spawn(async move {
             let relay_conn = inc.connection.clone();
             if let Err(e) = handle_stop(&n, inc.stream, &relay_conn).await {

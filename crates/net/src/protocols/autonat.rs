@@ -22,9 +22,10 @@ pub use circuit_proto::autonat::PROTOCOL;
 /// remaining addresses are dialed on new connections.
 pub fn enable_server(node: &Node, config: ServerConfig) {
     let server = Arc::new(Mutex::new(Server::new(config)));
-    let n = node.clone();
+    let weak = node.downgrade();
     node.handle(PROTOCOL, move |mut inc| {
-        let (n, server) = (n.clone(), server.clone());
+        let Some(n) = weak.upgrade() else { return };
+        let server = server.clone();
         tokio::spawn(async move {
             let peer = inc.connection.peer();
             let observed = inc.connection.info().remote_addr.clone();

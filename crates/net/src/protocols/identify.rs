@@ -118,9 +118,9 @@ pub fn parse_messages(
 }
 
 pub(crate) fn install(node: &Node) {
-    let n = node.clone();
+    let weak = node.downgrade();
     node.handle(PROTOCOL, move |mut inc| {
-        let n = n.clone();
+        let Some(n) = weak.upgrade() else { return };
         tokio::spawn(async move {
             let msg = build_message(&n, &inc.connection.info().remote_addr);
             if framed::write_message(&mut inc.stream, &msg).await.is_ok() {
@@ -128,9 +128,9 @@ pub(crate) fn install(node: &Node) {
             }
         });
     });
-    let n = node.clone();
+    let weak = node.downgrade();
     node.handle(PUSH_PROTOCOL, move |mut inc| {
-        let n = n.clone();
+        let Some(n) = weak.upgrade() else { return };
         tokio::spawn(async move {
             let read = framed::read_messages_to_end::<Identify, _>(&mut inc.stream, MAX_MESSAGE, MAX_PARTS);
             match tokio::time::timeout(std::time::Duration::from_secs(30), read).await {

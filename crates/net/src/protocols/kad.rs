@@ -101,8 +101,22 @@ impl Kad {
                 }
             }
         });
-        let k = kad.clone();
-        tokio::spawn(async move { k.housekeeping().await });
+        // Holds the node weakly between ticks, so a dropped node is not kept alive.
+        let (weak, config, state) = (node.downgrade(), kad.config.clone(), kad.state.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(node) = weak.upgrade().filter(|n| !n.is_shut_down()) else {
+                    return;
+                };
+                let k = Kad {
+                    node,
+                    config: config.clone(),
+                    state: state.clone(),
+                };
+                k.housekeeping_tick();
+            }
+        });
         kad
     }
 
@@ -190,27 +204,25 @@ impl Kad {
         }
     }
 
-    async fn housekeeping(&self) {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let now = Instant::now();
-            let due = {
-                let mut st = self.state();
-                st.table.handle_timeout(now);
-                st.store.handle_timeout(now);
-                let mut due = Vec::new();
-                while let Some(k) = st.republisher.poll_due(now) {
-                    due.push(k);
-                }
-                due
-            };
-            for key in due {
-                let k = self.clone();
-                tokio::spawn(async move {
-                    let n = k.announce(key).await;
-                    tracing::debug!(peers = n, "provider record republished");
-                });
+    /// Expires table entries and provider records, and republishes our own records.
+    fn housekeeping_tick(&self) {
+        let now = Instant::now();
+        let due = {
+            let mut st = self.state();
+            st.table.handle_timeout(now);
+            st.store.handle_timeout(now);
+            let mut due = Vec::new();
+            while let Some(k) = st.republisher.poll_due(now) {
+                due.push(k);
             }
+            due
+        };
+        for key in due {
+            let k = self.clone();
+            tokio::spawn(async move {
+                let n = k.announce(key).await;
+                tracing::debug!(peers = n, "provider record republished");
+            });
         }
     }
 

@@ -119,10 +119,15 @@ impl Relay {
                 }
             }
         });
-        let r = relay.clone();
+        // Holds the relay weakly between ticks, so a dropped relay is not kept alive.
+        let weak = Arc::downgrade(&relay.inner);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
+                let Some(inner) = weak.upgrade().filter(|i| !i.node.is_shut_down()) else {
+                    return;
+                };
+                let r = Relay { inner };
                 let mut t = r.table();
                 let n = t.expire(Instant::now());
                 r.inner.metrics.sync_table(&t);
