@@ -1025,9 +1025,22 @@ async fn slowloris_and_handshake_floods_are_bounded_and_released() {
 struct Sample {
     at: Duration,
     rss_mib: f64,
+    /// RSS of this test process: the clients (library nodes made and dropped each round).
+    clients_rss_mib: f64,
     fds: usize,
     reservations: f64,
     circuits: f64,
+}
+
+/// VmRSS of this process, MiB.
+fn own_rss_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1108,16 +1121,18 @@ async fn soak_churn_with_data_checked_by_hash() {
         let s = Sample {
             at: t0.elapsed(),
             rss_mib: relay.rss_mib(),
+            clients_rss_mib: own_rss_mib(),
             fds: relay.fds(),
             reservations: metric_in(&scrape, "circuit_relay_reservations_active", &[])
                 .unwrap_or(-1.0),
             circuits: metric_in(&scrape, "circuit_relay_circuits_active", &[]).unwrap_or(-1.0),
         };
         eprintln!(
-            "hardening: soak t={:>5.0}s rounds={} rss={:.1} MiB fds={} reservations={} circuits={}",
+            "hardening: soak t={:>5.0}s rounds={} rss={:.1} MiB clients_rss={:.1} MiB fds={} reservations={} circuits={}",
             s.at.as_secs_f64(),
             rounds.load(Ordering::Relaxed),
             s.rss_mib,
+            s.clients_rss_mib,
             s.fds,
             s.reservations,
             s.circuits
@@ -1163,15 +1178,21 @@ async fn soak_churn_with_data_checked_by_hash() {
         "RSS grew from {warm:.1} to {peak:.1} MiB during the soak: {samples:?}"
     );
     if samples.len() >= 6 {
-        // Trend: the last third against the middle third.
+        // Trend: the last third against the middle third, for the relay and for the
+        // clients (nodes made and dropped every round must not leave memory behind).
         let third = samples.len() / 3;
-        let mean = |s: &[Sample]| s.iter().map(|x| x.rss_mib).sum::<f64>() / s.len() as f64;
-        let mid = mean(&samples[third..2 * third]);
-        let last = mean(&samples[samples.len() - third..]);
-        assert!(
-            last <= mid * 1.1 + 8.0,
-            "RSS still rising: middle third {mid:.1} MiB, last third {last:.1} MiB"
-        );
+        for (who, rss) in [
+            ("relay", (|x: &Sample| x.rss_mib) as fn(&Sample) -> f64),
+            ("clients", |x: &Sample| x.clients_rss_mib),
+        ] {
+            let mean = |s: &[Sample]| s.iter().map(rss).sum::<f64>() / s.len() as f64;
+            let mid = mean(&samples[third..2 * third]);
+            let last = mean(&samples[samples.len() - third..]);
+            assert!(
+                last <= mid * 1.1 + 8.0,
+                "{who} RSS still rising: middle third {mid:.1} MiB, last third {last:.1} MiB"
+            );
+        }
     }
     for s in &samples {
         assert!(
