@@ -45,3 +45,7 @@ step "cargo test --workspace"
 # CI=true makes the interop tests fail (not skip) when a peer is missing.
 export CI="${CI:-true}"
 cargo test --workspace --locked --no-fail-fast
+
+step "benchmark harness smoke run (every workload, tiny sizes; fails only on errors, never on speed)"
+cargo build --release --locked -p circuit-cli
+cargo run --release --locked -p circuit-bench -- --quick --strict --no-write
