@@ -77,8 +77,19 @@ async fn nodes_that_come_and_go_leave_no_memory_behind() {
     let mut tasks = Vec::new();
     for stretch in 0..3 {
         if stretch > 0 {
-            for i in 0..rounds {
-                within(20.0, "round", round(&addr, 1024 + (i % 40) * 4096)).await;
+            // Three workers at once, as in the relay soak.
+            let mut workers = tokio::task::JoinSet::new();
+            for w in 0..3 {
+                let addr = addr.clone();
+                workers.spawn(async move {
+                    for i in (w..rounds).step_by(3) {
+                        let n = 1024 + (i * 7919) % (512 * 1024);
+                        within(20.0, "round", round(&addr, n)).await;
+                    }
+                });
+            }
+            while let Some(r) = workers.join_next().await {
+                r.expect("worker");
             }
         }
         // Background loops of departed nodes notice within a second (Kademlia's tick).
