@@ -345,6 +345,7 @@ impl RelayFile {
             },
             max_connections: l.max_connections.max(1),
             max_pending_handshakes: l.max_pending_handshakes.max(1),
+            yamux: yamux_for(l),
             ..NodeConfig::default()
         }
     }
@@ -355,9 +356,29 @@ impl RelayFile {
     }
 }
 
+/// Yamux settings for the relay's connections: every circuit is a stream on the
+/// connection to each of its two peers, so the per-connection stream cap must not be
+/// what refuses circuits that `max_circuits_per_peer` allows (with room for the
+/// peer's own streams: identify, ping, reservations).
+fn yamux_for(l: &Limits) -> circuit_proto::yamux::Config {
+    let d = circuit_proto::yamux::Config::default();
+    circuit_proto::yamux::Config {
+        max_streams: d.max_streams.max(l.max_circuits_per_peer.saturating_mul(2) + 64),
+        ..d
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_cap_follows_circuits_per_peer() {
+        let mut c = RelayFile::default();
+        assert_eq!(c.node_config().yamux.max_streams, 1024);
+        c.limits.max_circuits_per_peer = 5000;
+        assert_eq!(c.node_config().yamux.max_streams, 10_064);
+    }
 
     fn parse(s: &str) -> Result<RelayFile, String> {
         RelayFile::parse(s, Path::new("relay.toml")).map_err(|e| e.to_string())
