@@ -17,7 +17,6 @@ use circuit_net::protocols::kad::{Kad, KadConfig};
 use circuit_net::relay_client;
 use circuit_relay::RelayConfig;
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn rss_kib() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -40,18 +39,7 @@ async fn round(relay_addr: &circuit_net::Multiaddr, n: usize) {
         .await
         .unwrap();
     let s = dialer.open_stream(&conn, ECHO).await.unwrap();
-    let (mut rd, mut wr) = tokio::io::split(s);
-    let payload = vec![0x5a; n];
-    let send = async {
-        wr.write_all(&payload).await.unwrap();
-        wr.shutdown().await.unwrap();
-    };
-    let recv = async {
-        let mut got = Vec::new();
-        rd.read_to_end(&mut got).await.unwrap();
-        got
-    };
-    let ((), got) = tokio::join!(send, recv);
+    let got = echo_through(s, &vec![0x5a; n]).await;
     assert_eq!(got.len(), n);
     drop(r);
     conn.close();

@@ -84,20 +84,7 @@ async fn relay_forwards_only_ciphertext() {
     assert!(conn.info().relayed);
     assert_eq!(conn.peer(), listener.peer_id());
     let mut s = dialer.open_stream(&conn, ECHO).await.unwrap();
-    let echoed = within(10.0, "echo 64 KiB", async {
-        let (mut rd, mut wr) = tokio::io::split(&mut s);
-        let send = async {
-            wr.write_all(&payload).await.unwrap();
-            wr.shutdown().await.unwrap();
-        };
-        let recv = async {
-            let mut got = Vec::new();
-            rd.read_to_end(&mut got).await.unwrap();
-            got
-        };
-        tokio::join!(send, recv).1
-    })
-    .await;
+    let echoed = within(10.0, "echo 64 KiB", echo_through(&mut s, &payload)).await;
 
     // The application saw its plaintext, both at the listener and back at the dialer.
     assert!(echoed == payload, "echo differs from what was sent");

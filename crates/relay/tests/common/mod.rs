@@ -179,3 +179,22 @@ pub fn random_32() -> [u8; 32] {
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Writes `payload` on `s` and half-closes while reading the echo to the end;
+/// returns what came back.
+pub async fn echo_through<S>(s: S, payload: &[u8]) -> Vec<u8>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let (mut rd, mut wr) = tokio::io::split(s);
+    let send = async {
+        wr.write_all(payload).await.unwrap();
+        wr.shutdown().await.unwrap();
+    };
+    let recv = async {
+        let mut got = Vec::new();
+        rd.read_to_end(&mut got).await.unwrap();
+        got
+    };
+    tokio::join!(send, recv).1
+}
