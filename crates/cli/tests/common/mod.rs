@@ -149,6 +149,16 @@ impl Proc {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// Drops the output lines received so far (a long-running process's logs would
+    /// otherwise pile up in this process); returns how many.
+    pub fn discard_output(&mut self) -> usize {
+        let mut n = 0;
+        while self.lines.try_recv().is_ok() {
+            n += 1;
+        }
+        n
+    }
+
     /// Waits for exit; returns the exit code.
     pub fn wait(&mut self, timeout: Duration) -> i32 {
         let deadline = Instant::now() + timeout;
