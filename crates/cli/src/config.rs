@@ -363,7 +363,9 @@ impl RelayFile {
 fn yamux_for(l: &Limits) -> circuit_proto::yamux::Config {
     let d = circuit_proto::yamux::Config::default();
     circuit_proto::yamux::Config {
-        max_streams: d.max_streams.max(l.max_circuits_per_peer.saturating_mul(2) + 64),
+        max_streams: d
+            .max_streams
+            .max(l.max_circuits_per_peer.saturating_mul(2) + 64),
         ..d
     }
 }

@@ -667,7 +667,7 @@ async fn circuit_flood_limits_hold_and_connect_storms_are_cheap() {
     let before_cpu = relay.cpu();
     within(120.0, "ping-stream baseline", async {
         let mut set = tokio::task::JoinSet::new();
-        for (s, c) in sources.iter().cloned() {
+        for (s, c) in sources.iter() {
             for _ in 0..10 {
                 let (s, c) = (s.clone(), c.clone());
                 set.spawn(async move {

@@ -163,7 +163,7 @@ proptest! {
     fn varint_decode(buf in bytes(16)) {
         match varint::decode_u64(&buf) {
             Ok(Some((v, n))) => {
-                prop_assert!(n >= 1 && n <= varint::MAX_LEN && n <= buf.len());
+                prop_assert!((1..=varint::MAX_LEN).contains(&n) && n <= buf.len());
                 let mut re = Vec::new();
                 varint::encode_u64(v, &mut re);
                 prop_assert_eq!(&re[..], &buf[..n]);

@@ -66,7 +66,7 @@ async fn data_limit_closes_the_circuit_on_both_sides() {
     let (write_res, (got, read_res)) = within(8.0, "send 1 MiB over a 64 KiB circuit", async {
         let (mut rd, mut wr) = tokio::io::split(&mut s);
         let send = async {
-            wr.write_all(&payload).await?;
+            wr.write_all(payload).await?;
             wr.shutdown().await
         };
         let recv = async {

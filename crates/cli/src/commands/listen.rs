@@ -143,13 +143,13 @@ pub async fn run(a: Args, out: Output) -> anyhow::Result<ExitCode> {
     tokio::spawn(async move {
         while let Ok(e) = events.recv().await {
             match e {
-                NodeEvent::ConnectionEstablished(info) => {
-                    if info.relayed && info.direction == circuit_net::Direction::Inbound {
-                        out.event(
-                            format!("relayed connection from {} via {}", info.peer, info.remote_addr),
-                            ev("inbound", json!({"peer": info.peer.to_string(), "remote_addr": info.remote_addr.to_string()})),
-                        );
-                    }
+                NodeEvent::ConnectionEstablished(info)
+                    if info.relayed && info.direction == circuit_net::Direction::Inbound =>
+                {
+                    out.event(
+                        format!("relayed connection from {} via {}", info.peer, info.remote_addr),
+                        ev("inbound", json!({"peer": info.peer.to_string(), "remote_addr": info.remote_addr.to_string()})),
+                    );
                 }
                 // What peers tell us of themselves (identify and identify push), for scripts.
                 NodeEvent::Identified { peer, info } if out.json => {
