@@ -83,12 +83,17 @@ pub enum AutorelayEvent {
 /// A running autorelay. Dropping it does not stop it; it lives as long as the node's tasks.
 pub struct Autorelay {
     events: broadcast::Sender<AutorelayEvent>,
+    /// Subscribed before the task started, for the first [`Autorelay::events`] call.
+    first: std::sync::Mutex<Option<broadcast::Receiver<AutorelayEvent>>>,
 }
 
 impl Autorelay {
-    /// Subscribes to its events.
+    /// Subscribes to its events. The first call gets every event since the start (relays
+    /// chosen before the caller subscribed are not missed); later calls get the events
+    /// from then on.
     pub fn events(&self) -> broadcast::Receiver<AutorelayEvent> {
-        self.events.subscribe()
+        let first = self.first.lock().unwrap_or_else(|e| e.into_inner()).take();
+        first.unwrap_or_else(|| self.events.subscribe())
     }
 
     /// Starts autorelay on `node`, using `kad` for discovery (if any) and `autonat`
@@ -99,9 +104,10 @@ impl Autorelay {
         autonat: Option<AutoNat>,
         config: AutorelayConfig,
     ) -> Autorelay {
-        let (events, _) = broadcast::channel(256);
+        let (events, first) = broadcast::channel(256);
         let a = Autorelay {
             events: events.clone(),
+            first: std::sync::Mutex::new(Some(first)),
         };
         let node = node.clone();
         tokio::spawn(async move { run(node, kad, autonat, config, events).await });

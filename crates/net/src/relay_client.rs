@@ -135,12 +135,17 @@ pub enum ReservationEvent {
 pub struct KeptReservation {
     stop: Arc<AtomicBool>,
     events: broadcast::Sender<ReservationEvent>,
+    /// Subscribed before the task started, for the first [`KeptReservation::events`] call.
+    first: std::sync::Mutex<Option<broadcast::Receiver<ReservationEvent>>>,
 }
 
 impl KeptReservation {
-    /// Subscribes to its events.
+    /// Subscribes to its events. The first call gets every event since the start (a
+    /// reservation granted before the caller subscribed is not missed); later calls get
+    /// the events from then on.
     pub fn events(&self) -> broadcast::Receiver<ReservationEvent> {
-        self.events.subscribe()
+        let first = self.first.lock().unwrap_or_else(|e| e.into_inner()).take();
+        first.unwrap_or_else(|| self.events.subscribe())
     }
 }
 
@@ -154,10 +159,11 @@ impl Drop for KeptReservation {
 /// node's addresses while it holds, and removed when it ends.
 pub fn keep_reservation(node: &Node, relay_addr: Multiaddr) -> KeptReservation {
     let stop = Arc::new(AtomicBool::new(false));
-    let (events, _) = broadcast::channel(64);
+    let (events, first) = broadcast::channel(64);
     let kept = KeptReservation {
         stop: stop.clone(),
         events: events.clone(),
+        first: std::sync::Mutex::new(Some(first)),
     };
     let node = node.clone();
     tokio::spawn(async move {

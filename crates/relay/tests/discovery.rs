@@ -323,3 +323,42 @@ async fn relay_address_stays_advertised_across_refreshes_and_is_withdrawn_and_pu
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_from_before_the_first_subscription_are_not_missed() {
+    // A subscriber that comes late (a busy machine) still sees what happened first.
+    let r = node(true).await;
+    let _relay = Relay::start(&r, RelayConfig::default());
+    let private = node(false).await;
+    let kept = circuit_net::relay_client::keep_reservation(&private, full(&r));
+    let ar = Autorelay::start(
+        &private,
+        None,
+        None,
+        AutorelayConfig {
+            static_relays: vec![full(&r)],
+            force_private: true,
+            ..Default::default()
+        },
+    );
+    // Both have done their work by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut ev = kept.events();
+    within(5, "the reservation's Accepted", async {
+        loop {
+            if let Ok(circuit_net::relay_client::ReservationEvent::Accepted(_)) = ev.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    let mut ev = ar.events();
+    within(5, "autorelay's RelayChosen", async {
+        loop {
+            if let Ok(AutorelayEvent::RelayChosen { .. }) = ev.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+}
