@@ -279,10 +279,15 @@ mod tests {
         // The writer may hold one frame out of the queue while it sleeps: 4 or 5 pass.
         assert!((5..=6).contains(&dropped), "dropped {dropped}");
         assert_eq!(got.len() as u64 + dropped, 10);
-        // Survivors are the oldest ones, still in order.
+        // Survivors keep their order and the oldest are never dropped for newer ones: the
+        // first four always pass. (Which later one passes depends on when the writer
+        // takes a frame out: on a loaded machine the reader may still be reading then.)
         let firsts: Vec<u8> = got.iter().map(|f| f[0]).collect();
-        let expected: Vec<u8> = (0..got.len() as u8).collect();
-        assert_eq!(firsts, expected);
+        assert_eq!(&firsts[..4], &[0, 1, 2, 3], "survivors {firsts:?}");
+        assert!(
+            firsts.windows(2).all(|w| w[0] < w[1]),
+            "out of order: {firsts:?}"
+        );
     }
 
     #[test]
