@@ -771,25 +771,38 @@ fn transport_interoperates_with_snow_transport_state() {
     }
 }
 
-#[test]
-fn zero_copy_input_handles_many_frames_per_read_and_partial_frames() {
-    let ((mut ti, _), (mut tr, _)) = pair(
+/// A responder transport and `frames` messages (sizes from `size`) its initiator
+/// encrypted for it: (responder, wire bytes, plaintext sent, the rng for more choices).
+fn encrypted_frames(
+    seed: u64,
+    frames: usize,
+    size: impl Fn(usize, &mut StdRng) -> usize,
+) -> (Transport, Vec<u8>, Vec<u8>, StdRng) {
+    let ((mut ti, _), (tr, _)) = pair(
         &Keypair::generate_ed25519(),
         &Keypair::generate_ed25519(),
         Config::default(),
         Config::default(),
-        40,
+        seed,
         1000,
     )
     .unwrap();
-    let mut rng = StdRng::seed_from_u64(40);
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut wire = Vec::new();
     let mut sent = Vec::new();
-    for i in 0..300 {
-        let msg = pattern(rng.gen_range(0..=if i % 7 == 0 { MAX_PLAINTEXT } else { 3000 }));
+    for i in 0..frames {
+        let msg = pattern(size(i, &mut rng));
         ti.encrypt(&msg, &mut wire).unwrap();
         sent.extend_from_slice(&msg);
     }
+    (tr, wire, sent, rng)
+}
+
+#[test]
+fn zero_copy_input_handles_many_frames_per_read_and_partial_frames() {
+    let (mut tr, wire, sent, mut rng) = encrypted_frames(40, 300, |i, rng| {
+        rng.gen_range(0..=if i % 7 == 0 { MAX_PLAINTEXT } else { 3000 })
+    });
     let mut got = Vec::new();
     let mut rest = &wire[..];
     while !rest.is_empty() {
@@ -892,23 +905,8 @@ fn oversized_plaintext_is_refused_by_seal_frame() {
 
 #[test]
 fn decrypted_frames_are_taken_whole_and_split_without_copy() {
-    let ((mut ti, _), (mut tr, _)) = pair(
-        &Keypair::generate_ed25519(),
-        &Keypair::generate_ed25519(),
-        Config::default(),
-        Config::default(),
-        41,
-        1000,
-    )
-    .unwrap();
-    let mut rng = StdRng::seed_from_u64(41);
-    let mut wire = Vec::new();
-    let mut sent = Vec::new();
-    for _ in 0..200 {
-        let msg = pattern(rng.gen_range(1..=MAX_PLAINTEXT));
-        ti.encrypt(&msg, &mut wire).unwrap();
-        sent.extend_from_slice(&msg);
-    }
+    let (mut tr, wire, sent, mut rng) =
+        encrypted_frames(41, 200, |_, rng| rng.gen_range(1..=MAX_PLAINTEXT));
     let mut got = Vec::new();
     // Pieces kept alive across reads, as a slow stream would: the next reads must not
     // overwrite them.
