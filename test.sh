@@ -11,9 +11,12 @@ cd "$(dirname "$0")"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-# Debian packages the tests use: Node.js/npm (test peers), Chromium (browser test),
-# iproute2 + nftables (the NAT test bed). Installed when root and missing.
+# Debian packages the build and the tests use: libssl-dev + pkg-config (the Noise
+# transport's ChaCha20-Poly1305 comes from libcrypto), Node.js/npm (test peers), Chromium
+# (browser test), iproute2 + nftables (the NAT test bed). Installed when root and missing.
 need=()
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+{ command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; } || need+=(libssl-dev)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)

@@ -1,18 +1,17 @@
-//! The AEAD floor: what ChaCha20-Poly1305 alone costs per GiB on one core, with the
-//! same `ring` calls our Noise transport makes (crates/proto/src/noise/transport.rs:
-//! `seal_in_place_separate_tag` / `open_in_place`, empty AD, nonce = 4 zero bytes ||
-//! 64-bit little-endian counter). A relay opens every relayed frame from one side and
-//! seals it for the other, so seal + open of a GiB is the least CPU a Noise relay can
-//! spend per relayed GiB.
+//! The AEAD floor: what ChaCha20-Poly1305 alone costs per GiB on one core, through the
+//! very code our Noise transport calls (`circuit_proto::noise::aead::Aead`: empty AD, nonce
+//! = 4 zero bytes || 64-bit little-endian counter, in place), once per implementation built
+//! in (OpenSSL's libcrypto, ring). A relay opens every relayed frame from one side and
+//! seals it for the other, so seal + open of a GiB with the fastest implementation is the
+//! least CPU a Noise relay can spend per relayed GiB.
 
-use anyhow::{bail, Context};
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use anyhow::bail;
+use circuit_proto::noise::aead::{Aead, Implementation, TAG_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use rustix::time::{clock_gettime, ClockId};
 
 /// Largest Noise plaintext: a 65 535-byte frame minus the 16-byte tag.
 pub const FRAME: usize = 65_535 - TAG_LEN;
-const TAG_LEN: usize = 16;
 const GIB: f64 = (1u64 << 30) as f64;
 
 /// The figures of one measurement.
@@ -42,74 +41,63 @@ impl AeadFloor {
 
 /// Both ends of one Noise direction: the sender's and the receiver's cipher state.
 pub struct SealOpen {
-    send: LessSafeKey,
-    recv: LessSafeKey,
+    send: Aead,
+    recv: Aead,
     nonce: u64,
 }
 
-fn nonce(n: u64) -> Nonce {
-    let mut b = [0u8; 12];
-    b[4..].copy_from_slice(&n.to_le_bytes());
-    Nonce::assume_unique_for_key(b)
-}
-
 impl SealOpen {
-    /// Both ends with the same random key.
-    pub fn new() -> anyhow::Result<SealOpen> {
+    /// Both ends with the same random key, using implementation `imp`.
+    pub fn new(imp: Implementation) -> anyhow::Result<SealOpen> {
         let mut key = [0u8; 32];
         SystemRandom::new()
             .fill(&mut key)
             .map_err(|_| anyhow::anyhow!("no random key"))?;
-        let k = || {
-            UnboundKey::new(&CHACHA20_POLY1305, &key)
-                .map(LessSafeKey::new)
-                .map_err(|_| anyhow::anyhow!("bad ChaCha20-Poly1305 key"))
-        };
-        Ok(SealOpen {
-            send: k()?,
-            recv: k()?,
+        let ends = SealOpen {
+            send: Aead::with_implementation(imp, &key, true),
+            recv: Aead::with_implementation(imp, &key, false),
             nonce: 0,
-        })
+        };
+        if ends.send.implementation() != imp {
+            bail!("ChaCha20-Poly1305 implementation {imp} could not be set up");
+        }
+        Ok(ends)
     }
 
     /// Seals `frame[..len]` in place and writes the tag after it (`frame` is
     /// `len + 16` bytes), like the sending end.
     pub fn seal(&mut self, frame: &mut [u8]) -> anyhow::Result<()> {
-        let len = frame
-            .len()
-            .checked_sub(TAG_LEN)
-            .context("frame too short")?;
+        let Some(len) = frame.len().checked_sub(TAG_LEN) else {
+            bail!("frame too short");
+        };
         let (plain, tag_out) = frame.split_at_mut(len);
         let tag = self
             .send
-            .seal_in_place_separate_tag(nonce(self.nonce), Aad::empty(), plain)
+            .seal(self.nonce, plain)
             .map_err(|_| anyhow::anyhow!("seal failed"))?;
-        tag_out.copy_from_slice(tag.as_ref());
+        tag_out.copy_from_slice(&tag);
         Ok(())
     }
 
     /// Opens a sealed frame in place with the receiving end's key, then moves both
     /// ends to the next nonce. Fails if the frame was altered.
     pub fn open(&mut self, frame: &mut [u8]) -> anyhow::Result<()> {
-        let n = nonce(self.nonce);
+        let n = self.nonce;
         self.nonce += 1;
-        match self.recv.open_in_place(n, Aad::empty(), frame) {
+        match self.recv.open(n, frame) {
             Ok(_) => Ok(()),
-            Err(_) => bail!(
-                "open failed: frame {} does not authenticate",
-                self.nonce - 1
-            ),
+            Err(_) => bail!("open failed: frame {n} does not authenticate"),
         }
     }
 }
 
 /// Seals and opens `total` bytes (rounded up to whole frames) in `frame`-byte frames
 /// on the calling thread; call it from a thread of its own (`spawn_blocking`).
-pub fn measure(total: u64, frame: usize) -> anyhow::Result<AeadFloor> {
+pub fn measure(total: u64, frame: usize, imp: Implementation) -> anyhow::Result<AeadFloor> {
     if frame == 0 || frame > FRAME {
         bail!("frame size {frame} outside 1..={FRAME}");
     }
-    let mut ends = SealOpen::new()?;
+    let mut ends = SealOpen::new(imp)?;
     let pattern: Vec<u8> = (0..frame).map(|i| (i * 31 + 7) as u8).collect();
     let mut buf = pattern.clone();
     buf.resize(frame + TAG_LEN, 0);
@@ -146,7 +134,13 @@ mod tests {
 
     #[test]
     fn seal_then_open_round_trips_and_a_flipped_bit_fails() {
-        let mut ends = SealOpen::new().unwrap();
+        for &imp in Implementation::available() {
+            round_trip_and_flipped_bit(imp);
+        }
+    }
+
+    fn round_trip_and_flipped_bit(imp: Implementation) {
+        let mut ends = SealOpen::new(imp).unwrap();
         let mut f = vec![0u8; 100 + TAG_LEN];
         f[..100].copy_from_slice(&[42u8; 100]);
         ends.seal(&mut f).unwrap();
@@ -162,12 +156,14 @@ mod tests {
     #[test]
     fn ends_use_one_nonce_per_frame() {
         // The second frame is sealed under nonce 1: opening it as frame 0 fails.
-        let mut a = SealOpen::new().unwrap();
-        let mut b = SealOpen {
-            send: a.send.clone(),
-            recv: a.recv.clone(),
+        let key = [3u8; 32];
+        let imp = Implementation::available()[0];
+        let ends = || SealOpen {
+            send: Aead::with_implementation(imp, &key, true),
+            recv: Aead::with_implementation(imp, &key, false),
             nonce: 0,
         };
+        let (mut a, mut b) = (ends(), ends());
         let mut f = vec![1u8; 32 + TAG_LEN];
         a.seal(&mut f).unwrap();
         a.open(&mut f).unwrap();
@@ -177,12 +173,14 @@ mod tests {
 
     #[test]
     fn measure_counts_whole_frames_and_spends_cpu() {
-        let r = measure(1 << 20, FRAME).unwrap();
-        assert_eq!(r.frames, 17); // 1 MiB / 65 519 rounded up
-        assert_eq!(r.bytes, 17 * FRAME as u64);
-        assert!(r.cpu_s > 0.0 && r.wall_s > 0.0, "{r:?}");
-        assert!(r.cpu_s_per_gib().is_finite() && r.cpu_s_per_gib() > 0.0);
-        assert!(measure(1, 0).is_err());
-        assert!(measure(1, FRAME + 1).is_err());
+        for &imp in Implementation::available() {
+            let r = measure(1 << 20, FRAME, imp).unwrap();
+            assert_eq!(r.frames, 17); // 1 MiB / 65 519 rounded up
+            assert_eq!(r.bytes, 17 * FRAME as u64);
+            assert!(r.cpu_s > 0.0 && r.wall_s > 0.0, "{r:?}");
+            assert!(r.cpu_s_per_gib().is_finite() && r.cpu_s_per_gib() > 0.0);
+            assert!(measure(1, 0, imp).is_err());
+            assert!(measure(1, FRAME + 1, imp).is_err());
+        }
     }
 }

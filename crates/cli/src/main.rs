@@ -50,6 +50,28 @@ enum Command {
     Id(IdArgs),
 }
 
+/// Applies `CIRCUIT_AEAD` (`openssl` or `ring`): the ChaCha20-Poly1305 implementation of
+/// the Noise transport. Unset, the fastest built in is used (OpenSSL's libcrypto).
+fn choose_aead() -> Result<(), String> {
+    use circuit_proto::noise::aead::{self, Implementation};
+    let Ok(want) = std::env::var("CIRCUIT_AEAD") else {
+        return Ok(());
+    };
+    let names: Vec<&str> = Implementation::available()
+        .iter()
+        .map(|i| i.name())
+        .collect();
+    let imp = Implementation::from_name(want.trim()).ok_or_else(|| {
+        format!(
+            "CIRCUIT_AEAD={want:?} is not an implementation; use one of: {}",
+            names.join(", ")
+        )
+    })?;
+    aead::set_implementation(imp).map_err(|e| format!("CIRCUIT_AEAD={want:?}: {e}"))?;
+    tracing::debug!(aead = %imp, "ChaCha20-Poly1305 implementation chosen by CIRCUIT_AEAD");
+    Ok(())
+}
+
 #[derive(clap::Args, Debug)]
 struct IdArgs {
     /// Identity key file (libp2p protobuf encoding); created with mode 0600 if missing.
@@ -64,6 +86,10 @@ fn main() -> std::process::ExitCode {
         _ => "warn",
     };
     output::init_logs(default_level, cli.json);
+    if let Err(e) = choose_aead() {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -321,7 +321,7 @@ pub async fn run(a: Args, out: Output) -> anyhow::Result<ExitCode> {
         }
     }
     let limit = cfg.limit();
-    tracing::info!(peer_id = %node.peer_id(), limit = %circuit_net::relay_client::describe_limit(&limit), metrics = ?metrics_addr, "relay running");
+    tracing::info!(peer_id = %node.peer_id(), limit = %circuit_net::relay_client::describe_limit(&limit), metrics = ?metrics_addr, aead = %circuit_proto::noise::aead::implementation(), "relay running");
     let status_every = cfg.status_interval;
     let status = async {
         if status_every == 0 {

@@ -16,6 +16,7 @@
 // (never per frame), so its size does not matter for the data path.
 #![allow(clippy::result_large_err)]
 
+pub mod aead;
 mod handshake;
 mod transport;
 
@@ -168,6 +169,9 @@ pub enum Error {
     /// The input buffer of a finished handshake exceeds its bound; call `into_transport` instead.
     #[error("too much data buffered after the noise handshake")]
     BufferFull,
+    /// The AEAD library failed to encrypt a message (never seen; the connection must end).
+    #[error("noise message failed to encrypt")]
+    Seal,
     /// 2^64 − 1 transport messages were sent or received with one key; the connection must end.
     #[error("noise nonce exhausted")]
     NonceExhausted,

@@ -733,10 +733,14 @@ fn snow_pair() -> (snow::HandshakeState, snow::HandshakeState) {
 
 #[test]
 fn transport_interoperates_with_snow_transport_state() {
-    // Our ring-based transport against snow's reference TransportState (RustCrypto), both
-    // roles, both directions, sizes up to a maximal frame: proves nonce layout, key order and
-    // framing match what every snow-based peer (rust-libp2p) speaks.
-    for ours_is_initiator in [true, false] {
+    // Our transport, with each built-in AEAD implementation, against snow's reference
+    // TransportState (RustCrypto), both roles, both directions, sizes up to a maximal frame:
+    // proves nonce layout, key order and framing match what every snow-based peer
+    // (rust-libp2p) speaks.
+    for (&imp, ours_is_initiator) in crate::noise::aead::Implementation::available()
+        .iter()
+        .flat_map(|imp| [(imp, true), (imp, false)])
+    {
         let (mut i, mut r) = snow_pair();
         let (ours_hs, theirs_hs) = if ours_is_initiator {
             (&mut i, r)
@@ -744,7 +748,8 @@ fn transport_interoperates_with_snow_transport_state() {
             (&mut r, i)
         };
         let (k1, k2) = ours_hs.dangerously_get_raw_split();
-        let mut ours = Transport::new(ours_is_initiator, &k1, &k2, Vec::new());
+        let mut ours = Transport::with_implementation(imp, ours_is_initiator, &k1, &k2, Vec::new());
+        assert_eq!(ours.aead_implementation(), imp);
         let mut theirs = theirs_hs.into_transport_mode().unwrap();
         for len in [0usize, 1, 1000, MAX_PLAINTEXT] {
             let msg = pattern(len);

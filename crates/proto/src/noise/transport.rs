@@ -1,19 +1,18 @@
 //! The Noise transport phase: length-framed ChaChaPoly messages after the handshake.
 //!
-//! The AEAD is done here with `ring` on the Noise `Split()` keys rather than through snow's
-//! `TransportState`: ring's ChaCha20-Poly1305 is about 1.7× faster than the RustCrypto one
-//! snow resolves by default (measured on the benchmark machine: 2.0 vs 1.2 GiB/s per core for
-//! 64 KiB messages), and owning the cipher lets us open and seal *in place* — decrypting inside
-//! the input buffer and encrypting inside the output buffer — where snow's API copies every
-//! message once more (and `ring`'s snow resolver even allocates on decrypt unless the output is
-//! larger than the input). The wire format is unchanged: `Noise_XX_25519_ChaChaPoly_SHA256`
+//! The AEAD is done here on the Noise `Split()` keys rather than through snow's
+//! `TransportState`: owning the cipher lets us pick the fastest ChaCha20-Poly1305 there is
+//! (see [`super::aead`]: OpenSSL's libcrypto by default, `ring` otherwise; both well ahead of
+//! the RustCrypto one snow resolves by default) and open and seal *in place* — decrypting
+//! inside the input buffer and encrypting inside the output buffer — where snow's API copies
+//! every message once more. The wire format is unchanged: `Noise_XX_25519_ChaChaPoly_SHA256`
 //! transport messages, nonce = 32 zero bits || 64-bit little-endian counter, empty AD.
 
 use std::ops::Range;
 
 use bytes::{Buf, BytesMut};
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
+use super::aead::{Aead, Implementation};
 use super::{Error, LEN_PREFIX, MAX_PLAINTEXT, TAG_LEN};
 
 /// A read that found less than this many bytes is a sign of an idle connection: the input
@@ -35,33 +34,27 @@ pub(crate) fn complete_frame_len(buf: &[u8]) -> Option<usize> {
 
 /// One direction's cipher state: key and message counter.
 struct CipherState {
-    key: LessSafeKey,
+    key: Aead,
     nonce: u64,
 }
 
 impl CipherState {
-    fn new(key: &[u8; 32]) -> CipherState {
-        // A 32-byte key is always valid for ChaCha20-Poly1305; `ring` fails only on a wrong length.
-        let unbound = match UnboundKey::new(&CHACHA20_POLY1305, key) {
-            Ok(k) => k,
-            Err(_) => unreachable!("ChaCha20-Poly1305 keys are 32 bytes"),
-        };
+    fn new(imp: Implementation, key: &[u8; 32], seal: bool) -> CipherState {
         CipherState {
-            key: LessSafeKey::new(unbound),
+            key: Aead::with_implementation(imp, key, seal),
             nonce: 0,
         }
     }
 
-    /// The Noise nonce for the next message, advancing the counter. Like snow, the last
-    /// counter value (2^64 − 1) is reserved and never used.
-    fn next_nonce(&mut self) -> Result<Nonce, Error> {
+    /// The counter for the next message, advancing it. Like snow, the last counter value
+    /// (2^64 − 1) is reserved and never used.
+    fn next_nonce(&mut self) -> Result<u64, Error> {
         if self.nonce == u64::MAX {
             return Err(Error::NonceExhausted);
         }
-        let mut n = [0u8; 12];
-        n[4..].copy_from_slice(&self.nonce.to_le_bytes());
+        let n = self.nonce;
         self.nonce += 1;
-        Ok(Nonce::assume_unique_for_key(n))
+        Ok(n)
     }
 }
 
@@ -106,11 +99,22 @@ impl Transport {
     /// sends with `k1`, the responder with `k2`); `leftover` is ciphertext that arrived with the
     /// last handshake message (pipelined transport frames).
     pub(crate) fn new(initiator: bool, k1: &[u8; 32], k2: &[u8; 32], leftover: Vec<u8>) -> Self {
+        Transport::with_implementation(super::aead::implementation(), initiator, k1, k2, leftover)
+    }
+
+    /// Like [`Transport::new`] with a given AEAD implementation.
+    pub(crate) fn with_implementation(
+        imp: Implementation,
+        initiator: bool,
+        k1: &[u8; 32],
+        k2: &[u8; 32],
+        leftover: Vec<u8>,
+    ) -> Self {
         let (send, recv) = if initiator { (k1, k2) } else { (k2, k1) };
         let last_input = leftover.len();
         Transport {
-            send: CipherState::new(send),
-            recv: CipherState::new(recv),
+            send: CipherState::new(imp, send, true),
+            recv: CipherState::new(imp, recv, false),
             initiator,
             inbuf: BytesMut::from(&leftover[..]),
             start: 0,
@@ -223,7 +227,7 @@ impl Transport {
         }
         let nonce = self.recv.next_nonce()?;
         let frame = &mut self.inbuf[body..body + len];
-        match self.recv.key.open_in_place(nonce, Aad::empty(), frame) {
+        match self.recv.key.open(nonce, frame) {
             Ok(plain) => Ok(Some(plain)),
             Err(_) => Err(Error::Decrypt),
         }
@@ -340,13 +344,8 @@ impl Transport {
         let nonce = self.send.next_nonce()?;
         let (len_slot, rest) = frame.split_at_mut(LEN_PREFIX);
         let (plain, tag_slot) = rest.split_at_mut(plain_len);
-        let tag = self
-            .send
-            .key
-            .seal_in_place_separate_tag(nonce, Aad::empty(), plain)
-            // ring fails only on inputs longer than the AEAD's limit (far above ours).
-            .map_err(|_| Error::FrameTooLarge)?;
-        tag_slot.copy_from_slice(tag.as_ref());
+        let tag = self.send.key.seal(nonce, plain).map_err(|_| Error::Seal)?;
+        tag_slot.copy_from_slice(&tag);
         // plain_len + TAG_LEN ≤ MAX_FRAME = u16::MAX, checked above.
         len_slot.copy_from_slice(&((plain_len + TAG_LEN) as u16).to_be_bytes());
         Ok(())
@@ -376,6 +375,11 @@ impl Transport {
     /// Whether we were the handshake initiator.
     pub fn is_initiator(&self) -> bool {
         self.initiator
+    }
+
+    /// The ChaCha20-Poly1305 implementation this session seals and opens with.
+    pub fn aead_implementation(&self) -> Implementation {
+        self.send.key.implementation()
     }
 }
 
