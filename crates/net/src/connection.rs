@@ -19,7 +19,9 @@ use bytes::{Buf, BytesMut};
 use circuit_proto::multistream;
 use circuit_proto::noise;
 use circuit_proto::relay::Limit;
-use circuit_proto::yamux::{self, Chunk, Event as MuxEvent, Session, StreamError, StreamId};
+use circuit_proto::yamux::{
+    self, Chunk, Event as MuxEvent, Session, StreamError, StreamId, Transmit as _,
+};
 use libp2p_identity::PeerId;
 use multiaddr::Multiaddr;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -165,8 +167,10 @@ impl Connection {
             plain_in: initial_plaintext,
             ranges: Vec::new(),
             cipher_out: Vec::new(),
+            cipher_end: 0,
             cipher_pos: 0,
             unsealed: Vec::new(),
+            parts: Vec::new(),
             last_batch: 0,
             inbound,
             timer: None,
@@ -598,11 +602,17 @@ pub struct Driver {
     plain_in: Vec<u8>,
     /// Positions of decrypted plaintext in the transport's input buffer (reused).
     ranges: Vec<std::ops::Range<usize>>,
-    /// Outgoing Noise frames; `cipher_out[cipher_pos..]` is not yet written to the socket.
+    /// Outgoing Noise frames are `cipher_out[..cipher_end]`; `cipher_out[cipher_pos..cipher_end]`
+    /// is not yet written to the socket. The bytes beyond `cipher_end` are left from earlier
+    /// batches: they are overwritten, not cleared, so a batch zero-fills nothing it reuses.
     cipher_out: Vec<u8>,
+    cipher_end: usize,
     cipher_pos: usize,
     /// Frames laid out in `cipher_out` (under the lock) but not yet sealed: (start, end).
     unsealed: Vec<(usize, usize)>,
+    /// Payload of the unsealed frames, as the stream buffers' chunks, with the offset in
+    /// `cipher_out` each is to be encrypted into (increasing).
+    parts: Vec<(usize, Chunk)>,
     /// Size of the previous write batch (small batches mark an idle connection).
     last_batch: usize,
     inbound: mpsc::Sender<Stream>,
@@ -681,35 +691,99 @@ impl Driver {
 impl Driver {
     /// Lays out the session's pending frames as Noise frames (length slot, yamux frames, tag
     /// slot) in `cipher_out`, up to about [`WRITE_BATCH`]; they are sealed after the lock is
-    /// released. Returns the number of plaintext bytes taken.
+    /// released. Payload is not copied in: its chunks are taken from the stream buffers into
+    /// `parts` and encrypted straight into place by [`Driver::seal_batch`]. Returns the number
+    /// of plaintext bytes taken.
     fn fill_batch(&mut self, st: &mut State) -> usize {
         let mut taken = 0;
-        while self.cipher_out.len() < WRITE_BATCH {
-            let start = self.cipher_out.len();
-            self.cipher_out.extend_from_slice(&[0u8; FRAME_PREFIX]);
+        while self.cipher_end < WRITE_BATCH {
+            let start = self.cipher_end;
+            let mut out = Layout {
+                buf: &mut self.cipher_out,
+                end: &mut self.cipher_end,
+                parts: &mut self.parts,
+            };
+            out.put(&[0u8; FRAME_PREFIX]);
             let max = start + FRAME_PREFIX + FRAME_PLAINTEXT;
-            let n = st.session.poll_transmit_bounded(&mut self.cipher_out, max);
+            let n = st.session.poll_transmit_into(&mut out, max);
             if n == 0 {
-                self.cipher_out.truncate(start);
+                self.cipher_end = start;
                 break;
             }
             taken += n;
-            self.cipher_out.extend_from_slice(&[0u8; FRAME_TAG]);
-            self.unsealed.push((start, self.cipher_out.len()));
+            out.put(&[0u8; FRAME_TAG]);
+            self.unsealed.push((start, self.cipher_end));
         }
         taken
     }
 
-    /// Encrypts the frames laid out by [`Driver::fill_batch`], in order.
+    /// Encrypts the frames laid out by [`Driver::fill_batch`], in order, each with its
+    /// payload chunks, then drops the chunks.
     // noise::Error is large (two PeerIds) but returned at most once per connection.
     #[allow(clippy::result_large_err)]
     fn seal_batch(&mut self) -> Result<(), noise::Error> {
+        let mut first = 0;
+        let mut res = Ok(());
         for &(start, end) in &self.unsealed {
-            self.transport
-                .seal_in_place(&mut self.cipher_out[start..end])?;
+            let plain = start + FRAME_PREFIX;
+            let upto = first + self.parts[first..].partition_point(|(off, _)| *off < end);
+            let parts = self.parts[first..upto]
+                .iter()
+                .map(|(off, c)| (off - plain, &c[..]));
+            res = self
+                .transport
+                .seal_in_place_parts(&mut self.cipher_out[start..end], parts);
+            if res.is_err() {
+                break;
+            }
+            first = upto;
         }
         self.unsealed.clear();
-        Ok(())
+        self.parts.clear();
+        res
+    }
+}
+
+/// The [`yamux::Transmit`] sink of [`Driver::fill_batch`]: header bytes are copied into the
+/// frame buffer, payload chunks are kept whole with the place they are to be encrypted into
+/// (room is made for them, zero-filled only where the buffer never reached before).
+struct Layout<'a> {
+    buf: &'a mut Vec<u8>,
+    end: &'a mut usize,
+    parts: &'a mut Vec<(usize, Chunk)>,
+}
+
+impl Layout<'_> {
+    fn make_room(&mut self, n: usize) -> usize {
+        let at = *self.end;
+        if self.buf.len() < at + n {
+            self.buf.resize(at + n, 0);
+        }
+        *self.end += n;
+        at
+    }
+}
+
+impl yamux::Transmit for Layout<'_> {
+    fn len(&self) -> usize {
+        *self.end
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        let at = self.make_room(bytes.len());
+        self.buf[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
+    fn put_payload(&mut self, buf: &mut yamux::ChunkBuf, n: usize) {
+        let mut left = n;
+        while left > 0 {
+            let Some(chunk) = buf.pop_chunk(left) else {
+                break;
+            };
+            left -= chunk.len();
+            let at = self.make_room(chunk.len());
+            self.parts.push((at, chunk));
+        }
     }
 }
 
@@ -820,16 +894,16 @@ impl Future for Driver {
             this.dispatch_events(&mut st);
 
             // 3. yamux → Noise frames laid out in place (under the lock), sealed after it.
-            if this.cipher_pos == this.cipher_out.len() {
-                let written = this.cipher_out.len();
-                this.cipher_out.clear();
+            if this.cipher_pos == this.cipher_end {
+                let written = this.cipher_end;
+                this.cipher_end = 0;
                 this.cipher_pos = 0;
                 if written > 0 {
                     this.last_batch = written;
                 }
                 if this.fill_batch(&mut st) > 0 {
                     this.dispatch_events(&mut st);
-                } else if this.last_batch <= IDLE_BATCH && this.cipher_out.capacity() > IDLE_BATCH {
+                } else if this.last_batch <= IDLE_BATCH && this.cipher_out.len() > IDLE_BATCH {
                     // Nothing to send and the last batches were small: free the buffer.
                     this.cipher_out = Vec::new();
                 }
@@ -841,15 +915,18 @@ impl Future for Driver {
                 if let Err(e) = this.seal_batch() {
                     // Nonce exhaustion: nothing after this frame may go out.
                     let bad = this.unsealed.first().map_or(0, |&(s, _)| s);
-                    this.cipher_out.truncate(bad);
+                    this.cipher_end = bad;
                     this.unsealed.clear();
+                    this.parts.clear();
                     this.fail(&mut lock(&shared), format!("noise: {e}"));
                 }
             }
 
             // 4. Socket write, without the lock.
-            if this.cipher_pos < this.cipher_out.len() {
-                match Pin::new(&mut this.io).poll_write(cx, &this.cipher_out[this.cipher_pos..]) {
+            if this.cipher_pos < this.cipher_end {
+                match Pin::new(&mut this.io)
+                    .poll_write(cx, &this.cipher_out[this.cipher_pos..this.cipher_end])
+                {
                     Poll::Ready(Ok(0)) => {
                         this.fail(&mut lock(&shared), "write: socket closed".into());
                         return Poll::Ready(());
@@ -857,7 +934,7 @@ impl Future for Driver {
                     Poll::Ready(Ok(n)) => {
                         this.cipher_pos += n;
                         progress = true;
-                        if this.cipher_pos == this.cipher_out.len() {
+                        if this.cipher_pos == this.cipher_end {
                             let _ = Pin::new(&mut this.io).poll_flush(cx);
                         }
                     }
@@ -903,7 +980,7 @@ impl Future for Driver {
             if !progress {
                 // Register under the lock: a stream handle that changes the state after this
                 // sees the waker and wakes us.
-                if st.session.wants_transmit() && this.cipher_pos == this.cipher_out.len() {
+                if st.session.wants_transmit() && this.cipher_pos == this.cipher_end {
                     // Work arrived between the transmit step and now: go round again.
                     continue;
                 }

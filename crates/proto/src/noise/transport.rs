@@ -335,6 +335,21 @@ impl Transport {
     /// Errors if the plaintext exceeds [`MAX_PLAINTEXT`] or the slice is shorter than the length
     /// and tag slots (nothing is changed then), or on nonce exhaustion.
     pub fn seal_in_place(&mut self, frame: &mut [u8]) -> Result<(), Error> {
+        self.seal_in_place_parts(frame, std::iter::empty())
+    }
+
+    /// Like [`Transport::seal_in_place`], for a frame whose plaintext is partly elsewhere:
+    /// each of `parts` — (offset into the plaintext, bytes), in order, not overlapping — is
+    /// encrypted from its source into its place in `frame` (see [`Aead::seal_parts`]), so a
+    /// payload buffered elsewhere is read once, by the cipher, rather than copied in first.
+    ///
+    /// Errors like `seal_in_place`, and with [`Error::Seal`] for parts out of place (the
+    /// nonce is then used up: the connection must end).
+    pub fn seal_in_place_parts<'p>(
+        &mut self,
+        frame: &mut [u8],
+        parts: impl IntoIterator<Item = (usize, &'p [u8])>,
+    ) -> Result<(), Error> {
         let Some(plain_len) = frame.len().checked_sub(LEN_PREFIX + TAG_LEN) else {
             return Err(Error::FrameTooLarge);
         };
@@ -344,7 +359,11 @@ impl Transport {
         let nonce = self.send.next_nonce()?;
         let (len_slot, rest) = frame.split_at_mut(LEN_PREFIX);
         let (plain, tag_slot) = rest.split_at_mut(plain_len);
-        let tag = self.send.key.seal(nonce, plain).map_err(|_| Error::Seal)?;
+        let tag = self
+            .send
+            .key
+            .seal_parts(nonce, plain, parts)
+            .map_err(|_| Error::Seal)?;
         tag_slot.copy_from_slice(&tag);
         // plain_len + TAG_LEN ≤ MAX_FRAME = u16::MAX, checked above.
         len_slot.copy_from_slice(&((plain_len + TAG_LEN) as u16).to_be_bytes());

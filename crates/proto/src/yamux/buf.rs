@@ -87,6 +87,34 @@ impl From<Vec<u8>> for Chunk {
     }
 }
 
+/// Where [`crate::yamux::Session`] lays out outgoing frames: a `Vec<u8>` (everything
+/// copied in), or a sink that keeps the payload as the stream buffers' own chunks (a driver
+/// that encrypts each chunk straight into its Noise frame, so payload bytes are read once).
+pub trait Transmit {
+    /// Bytes laid out so far.
+    fn len(&self) -> usize;
+    /// Whether nothing is laid out.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Appends frame header bytes.
+    fn put(&mut self, bytes: &[u8]);
+    /// Appends the first `n` bytes of `buf` (at most what it holds), removing them from it.
+    fn put_payload(&mut self, buf: &mut ChunkBuf, n: usize);
+}
+
+impl Transmit for Vec<u8> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    fn put_payload(&mut self, buf: &mut ChunkBuf, n: usize) {
+        buf.write_to(self, n);
+    }
+}
+
 /// A FIFO byte queue of chunks. `len` is what is buffered; memory held is that rounded up
 /// to chunk sizes (plus the unread head of the front chunk), and for shared chunks the
 /// buffers they belong to.

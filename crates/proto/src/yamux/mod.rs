@@ -28,7 +28,7 @@ mod tests;
 
 use std::time::Duration;
 
-pub use buf::{Chunk, MAX_SHARED};
+pub use buf::{Chunk, ChunkBuf, Transmit, MAX_SHARED};
 pub use frame::{Flags, FrameType, Header, HEADER_LEN};
 pub use session::Session;
 

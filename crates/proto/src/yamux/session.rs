@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 
-use super::buf::{Chunk, ChunkBuf};
+use super::buf::{Chunk, ChunkBuf, Transmit};
 use super::frame::{Flags, FrameType, Header, HEADER_LEN};
 use super::stream::Stream;
 use super::{
@@ -397,6 +397,13 @@ impl Session {
         self.transmit(out, max, true)
     }
 
+    /// Like [`Session::poll_transmit_bounded`], into any [`Transmit`] sink: one that takes
+    /// the payload as the stream buffers' own chunks lets a driver encrypt it straight from
+    /// them, with no copy into a frame buffer first.
+    pub fn poll_transmit_into<T: Transmit>(&mut self, out: &mut T, max: usize) -> usize {
+        self.transmit(out, max, true)
+    }
+
     /// Whether [`Session::poll_transmit`] would return something now (a conservative answer:
     /// it may occasionally say yes and then find nothing). Lets a driver skip waking up
     /// after reads that freed no window worth announcing.
@@ -404,10 +411,10 @@ impl Session {
         !self.ctrl.is_empty() || !self.stream_ctrl.is_empty() || !self.send_rr.is_empty()
     }
 
-    fn transmit(&mut self, out: &mut Vec<u8>, max: usize, bounded: bool) -> usize {
+    fn transmit<T: Transmit>(&mut self, out: &mut T, max: usize, bounded: bool) -> usize {
         let start = out.len();
         // In bounded mode a frame header must fit entirely.
-        let fits = |out: &Vec<u8>| {
+        let fits = |out: &T| {
             if bounded {
                 out.len() + HEADER_LEN <= max
             } else {
@@ -421,7 +428,7 @@ impl Session {
             if h.frame_type == FrameType::Ping && h.flags.contains(Flags::ACK) {
                 self.pending_pongs = self.pending_pongs.saturating_sub(1);
             }
-            out.extend_from_slice(&h.encode());
+            out.put(&h.encode());
         }
         if self.fatal.is_some() {
             return out.len() - start;
@@ -443,7 +450,7 @@ impl Session {
             }
             let flags = std::mem::take(&mut s.pending_flags);
             let delta = std::mem::take(&mut s.pending_window_update);
-            out.extend_from_slice(&Header::window_update(id, delta, flags).encode());
+            out.put(&Header::window_update(id, delta, flags).encode());
         }
         // Bounded: a data frame gets at least some payload, or waits for the next call.
         while fits(out) && (!bounded || out.len() + HEADER_LEN < max) {
@@ -456,7 +463,13 @@ impl Session {
     }
 
     /// Emits one Data frame for `id` (if it can send) and requeues it if it has more.
-    fn send_data_frame(&mut self, id: StreamId, out: &mut Vec<u8>, max: usize, bounded: bool) {
+    fn send_data_frame<T: Transmit>(
+        &mut self,
+        id: StreamId,
+        out: &mut T,
+        max: usize,
+        bounded: bool,
+    ) {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
@@ -474,7 +487,7 @@ impl Session {
             let flags = std::mem::take(&mut s.pending_flags) | Flags::FIN;
             s.fin_pending = false;
             s.fin_sent = true;
-            out.extend_from_slice(&Header::window_update(id, 0, flags).encode());
+            out.put(&Header::window_update(id, 0, flags).encode());
             self.maybe_forget(id);
             return;
         }
@@ -492,8 +505,8 @@ impl Session {
             .min(room);
         let flags = std::mem::take(&mut s.pending_flags);
         // len <= send_window (a u32), so the cast is lossless.
-        out.extend_from_slice(&Header::data(id, len as u32, flags).encode());
-        s.send_buf.write_to(out, len);
+        out.put(&Header::data(id, len as u32, flags).encode());
+        out.put_payload(&mut s.send_buf, len);
         s.send_window -= len as u32;
         if s.write_blocked && s.send_buf.len() < self.config.max_send_buffer {
             s.write_blocked = false;
