@@ -302,7 +302,12 @@ mod ossl {
                 *self = match Ctx::new(key, *seal) {
                     Ok(ctx) => Lazy::Made(ctx),
                     Err(e) => {
-                        tracing::warn!(error = %e, "OpenSSL ChaCha20-Poly1305 unavailable; using ring");
+                        // Said once per process: every connection would otherwise repeat it.
+                        static WARNED: std::sync::atomic::AtomicBool =
+                            std::sync::atomic::AtomicBool::new(false);
+                        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            tracing::warn!(error = %e, "OpenSSL ChaCha20-Poly1305 unavailable; connections use ring (CIRCUIT_AEAD=ring silences this)");
+                        }
                         Lazy::Failed
                     }
                 };
