@@ -1,17 +1,51 @@
 //! Perf (`/perf/1.0.0`): the client sends the number of bytes it wants back
 //! (u64 big-endian), uploads, half-closes; the server drains, then sends.
 
+use std::future::poll_fn;
+use std::io;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
+use circuit_proto::yamux::Chunk;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::connection::Connection;
+use crate::connection::{Connection, Stream};
 use crate::node::{DialError, Node};
 
 /// Protocol id.
 pub const PROTOCOL: &str = "/perf/1.0.0";
-/// Chunk size for perf writes and reads.
+/// Size of the chunks perf sends.
 const CHUNK: usize = 64 * 1024;
+
+/// Reads the stream to its end and counts the bytes, taking the buffered chunks whole
+/// (nothing is copied out of them); `on_first` runs when the first byte arrives.
+async fn drain(s: &mut Stream, mut on_first: impl FnMut()) -> io::Result<u64> {
+    let mut got = 0u64;
+    loop {
+        let chunk = poll_fn(|cx| s.poll_read_chunk(cx, usize::MAX)).await?;
+        if chunk.is_empty() {
+            return Ok(got);
+        }
+        if got == 0 {
+            on_first();
+        }
+        got += chunk.len() as u64;
+    }
+}
+
+/// Sends `n` zero bytes as whole chunks (zero-filled by the allocator, handed to the
+/// stream without a copy).
+async fn send_zeros(s: &mut Stream, n: u64) -> io::Result<()> {
+    let mut left = n;
+    while left > 0 {
+        let len = left.min(CHUNK as u64) as usize;
+        let mut chunk = Chunk::owned(BytesMut::zeroed(len));
+        poll_fn(|cx| s.poll_write_chunk(cx, &mut chunk)).await?;
+        s.flush_chunks();
+        left -= len as u64;
+    }
+    Ok(())
+}
 
 /// Serves perf on `node`. Off by default: it makes the node do work for anyone who asks.
 pub fn enable(node: &Node) {
@@ -22,22 +56,11 @@ pub fn enable(node: &Node) {
                 return;
             }
             let want = u64::from_be_bytes(hdr);
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                match inc.stream.read(&mut buf).await {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
+            if drain(&mut inc.stream, || {}).await.is_err() {
+                return;
             }
-            buf.fill(0);
-            let mut left = want;
-            while left > 0 {
-                let n = left.min(CHUNK as u64) as usize;
-                if inc.stream.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-                left -= n as u64;
+            if send_zeros(&mut inc.stream, want).await.is_err() {
+                return;
             }
             let _ = inc.stream.shutdown().await;
         });
@@ -71,29 +94,12 @@ pub async fn run(
     let start = Instant::now();
     let mut s = node.open_stream(conn, PROTOCOL).await?;
     s.write_all(&download.to_be_bytes()).await?;
-    let buf = vec![0u8; CHUNK];
-    let mut left = upload;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        s.write_all(&buf[..n]).await?;
-        left -= n as u64;
-    }
+    send_zeros(&mut s, upload).await?;
     s.shutdown().await?;
     let upload_time = start.elapsed();
     let dl_start = Instant::now();
-    let mut rbuf = vec![0u8; CHUNK];
-    let mut got = 0u64;
     let mut ttfb = None;
-    loop {
-        let n = s.read(&mut rbuf).await?;
-        if n == 0 {
-            break;
-        }
-        if ttfb.is_none() {
-            ttfb = Some(dl_start.elapsed());
-        }
-        got += n as u64;
-    }
+    let got = drain(&mut s, || ttfb = Some(dl_start.elapsed())).await?;
     if got != download {
         return Err(DialError::Io(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
