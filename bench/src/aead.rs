@@ -15,7 +15,7 @@ pub const FRAME: usize = 65_535 - TAG_LEN;
 const GIB: f64 = (1u64 << 30) as f64;
 
 /// The figures of one measurement.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AeadFloor {
     /// Plaintext bytes sealed and then opened.
     pub bytes: u64,
