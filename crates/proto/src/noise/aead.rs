@@ -189,7 +189,7 @@ impl Aead {
         let nonce = nonce_bytes(counter);
         #[cfg(feature = "openssl")]
         if let Some(ctx) = self.ossl_for(plain.len()) {
-            return ctx.seal(&nonce, plain);
+            return ctx.seal_parts(&nonce, plain, std::iter::empty());
         }
         let tag = self
             .ring
@@ -219,11 +219,8 @@ impl Aead {
         parts: impl IntoIterator<Item = (usize, &'p [u8])>,
     ) -> Result<[u8; TAG_LEN], AeadError> {
         #[cfg(feature = "openssl")]
-        if plain.len() >= OPENSSL_MIN_LEN {
-            let nonce = nonce_bytes(counter);
-            if let Some(ctx) = self.ossl_for(plain.len()) {
-                return ctx.seal_parts(&nonce, plain, parts);
-            }
+        if let Some(ctx) = self.ossl_for(plain.len()) {
+            return ctx.seal_parts(&nonce_bytes(counter), plain, parts);
         }
         let mut cur = 0;
         for (off, src) in parts {
@@ -345,32 +342,6 @@ mod ossl {
                 ctx.decrypt_init(Some(cipher), Some(key), None)?;
             }
             Ok(Ctx { ctx, seal })
-        }
-
-        pub(super) fn seal(
-            &mut self,
-            nonce: &[u8; 12],
-            plain: &mut [u8],
-        ) -> Result<[u8; TAG_LEN], AeadError> {
-            debug_assert!(self.seal);
-            self.try_seal(nonce, plain).map_err(|_| AeadError)
-        }
-
-        fn try_seal(
-            &mut self,
-            nonce: &[u8; 12],
-            plain: &mut [u8],
-        ) -> Result<[u8; TAG_LEN], ErrorStack> {
-            self.ctx.encrypt_init(None, None, Some(nonce))?;
-            if !plain.is_empty() {
-                let n = plain.len();
-                self.ctx.cipher_update_inplace(plain, n)?;
-            }
-            // A stream cipher: finishing writes no more bytes.
-            self.ctx.cipher_final(&mut [])?;
-            let mut tag = [0u8; TAG_LEN];
-            self.ctx.tag(&mut tag)?;
-            Ok(tag)
         }
 
         pub(super) fn seal_parts<'p>(
