@@ -718,7 +718,8 @@ impl Driver {
     }
 
     /// Encrypts the frames laid out by [`Driver::fill_batch`], in order, each with its
-    /// payload chunks, then drops the chunks.
+    /// payload chunks, then drops the chunks. On an error (nonce exhaustion) the whole batch
+    /// is dropped: nothing from it may go out.
     // noise::Error is large (two PeerIds) but returned at most once per connection.
     #[allow(clippy::result_large_err)]
     fn seal_batch(&mut self) -> Result<(), noise::Error> {
@@ -737,6 +738,9 @@ impl Driver {
                 break;
             }
             first = upto;
+        }
+        if res.is_err() {
+            self.cipher_end = self.unsealed.first().map_or(self.cipher_end, |&(s, _)| s);
         }
         self.unsealed.clear();
         self.parts.clear();
@@ -913,11 +917,6 @@ impl Future for Driver {
             drop(st);
             if !this.unsealed.is_empty() {
                 if let Err(e) = this.seal_batch() {
-                    // Nonce exhaustion: nothing after this frame may go out.
-                    let bad = this.unsealed.first().map_or(0, |&(s, _)| s);
-                    this.cipher_end = bad;
-                    this.unsealed.clear();
-                    this.parts.clear();
                     this.fail(&mut lock(&shared), format!("noise: {e}"));
                 }
             }
