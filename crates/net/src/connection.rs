@@ -705,7 +705,7 @@ impl Driver {
             };
             out.put(&[0u8; FRAME_PREFIX]);
             let max = start + FRAME_PREFIX + FRAME_PLAINTEXT;
-            let n = st.session.poll_transmit_into(&mut out, max);
+            let n = st.session.poll_transmit_bounded(&mut out, max);
             if n == 0 {
                 self.cipher_end = start;
                 break;

@@ -87,7 +87,7 @@ impl From<Vec<u8>> for Chunk {
     }
 }
 
-/// Where [`crate::yamux::Session`] lays out outgoing frames: a `Vec<u8>` (everything
+/// Where [`crate::yamux::Session::poll_transmit_bounded`] lays out outgoing frames: a `Vec<u8>` (everything
 /// copied in), or a sink that keeps the payload as the stream buffers' own chunks (a driver
 /// that encrypts each chunk straight into its Noise frame, so payload bytes are read once).
 pub trait Transmit {

@@ -392,15 +392,10 @@ impl Session {
 
     /// Like [`Session::poll_transmit`], but `out` never grows beyond `max` bytes: frames that
     /// do not fit wait for the next call, and Data frames are cut to the room left. For
-    /// building an encrypted frame in place, whose plaintext has a hard size limit.
-    pub fn poll_transmit_bounded(&mut self, out: &mut Vec<u8>, max: usize) -> usize {
-        self.transmit(out, max, true)
-    }
-
-    /// Like [`Session::poll_transmit_bounded`], into any [`Transmit`] sink: one that takes
-    /// the payload as the stream buffers' own chunks lets a driver encrypt it straight from
-    /// them, with no copy into a frame buffer first.
-    pub fn poll_transmit_into<T: Transmit>(&mut self, out: &mut T, max: usize) -> usize {
+    /// building an encrypted frame in place, whose plaintext has a hard size limit. `out` is
+    /// any [`Transmit`] sink: a `Vec<u8>`, or one that takes the payload as the stream
+    /// buffers' own chunks, so a driver can encrypt it straight from them.
+    pub fn poll_transmit_bounded<T: Transmit>(&mut self, out: &mut T, max: usize) -> usize {
         self.transmit(out, max, true)
     }
 
