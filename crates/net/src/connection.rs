@@ -508,10 +508,13 @@ impl AsyncRead for Stream {
             return Poll::Ready(Ok(()));
         }
         let mut st = lock(&this.conn.shared);
-        let dst = buf.initialize_unfilled();
-        match st.session.stream_read(this.id, dst) {
-            Ok(n) => {
-                buf.advance(n);
+        // Copied straight into the unfilled room: zeroing it first (`initialize_unfilled`)
+        // would write a reader's whole spare capacity (often 128 KiB) on every read.
+        match st
+            .session
+            .stream_read_with(this.id, buf.remaining(), |s| buf.put_slice(s))
+        {
+            Ok(_) => {
                 // Reading may free window: wake the driver only if an update (or anything
                 // else) is now due, not after every read.
                 if st.session.wants_transmit() {

@@ -205,32 +205,34 @@ impl ChunkBuf {
     /// the number copied.
     pub fn read(&mut self, buf: &mut [u8]) -> usize {
         let mut n = 0;
-        while n < buf.len() {
-            let Some(front) = self.chunks.front() else {
-                break;
-            };
-            let m = front.len().min(buf.len() - n);
-            buf[n..n + m].copy_from_slice(&front[..m]);
-            n += m;
-            self.consume_front(m);
-        }
-        self.len -= n;
-        n
+        self.read_with(buf.len(), |s| {
+            buf[n..n + s.len()].copy_from_slice(s);
+            n += s.len();
+        })
     }
 
     /// Moves `n` bytes (at most what is buffered) to the end of `out`.
     pub fn write_to(&mut self, out: &mut Vec<u8>, n: usize) {
-        let mut left = n.min(self.len);
-        self.len -= left;
+        self.read_with(n, |s| out.extend_from_slice(s));
+    }
+
+    /// Hands up to `max` bytes from the front to `sink`, slice by slice in order, freeing
+    /// chunks as they empty; returns the number handed over. For a destination that need not
+    /// be initialised first (a `tokio::io::ReadBuf`'s spare room, say).
+    pub fn read_with(&mut self, max: usize, mut sink: impl FnMut(&[u8])) -> usize {
+        let mut left = max.min(self.len);
+        let n = left;
+        self.len -= n;
         while left > 0 {
             let Some(front) = self.chunks.front() else {
                 break;
             };
             let m = front.len().min(left);
-            out.extend_from_slice(&front[..m]);
+            sink(&front[..m]);
             left -= m;
             self.consume_front(m);
         }
+        n
     }
 
     fn consume_front(&mut self, m: usize) {

@@ -554,6 +554,21 @@ impl Session {
     /// Reads buffered data. `Ok(n > 0)` data; `Ok(0)` end of stream (FIN received and all
     /// data read, or empty `buf`); `Err(WouldBlock)` nothing yet; `Err(Reset)` after RST.
     pub fn stream_read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<usize, StreamError> {
+        let mut n = 0;
+        self.stream_read_with(id, buf.len(), |s| {
+            buf[n..n + s.len()].copy_from_slice(s);
+            n += s.len();
+        })
+    }
+
+    /// Like [`Session::stream_read`], but hands up to `max` bytes to `sink`, slice by slice in
+    /// order, so the destination need not be initialised first (a reader's spare capacity).
+    pub fn stream_read_with(
+        &mut self,
+        id: StreamId,
+        max: usize,
+        sink: impl FnMut(&[u8]),
+    ) -> Result<usize, StreamError> {
         let s = self.streams.get_mut(&id).ok_or(StreamError::Unknown)?;
         s.read_notified = false;
         if s.reset {
@@ -562,7 +577,7 @@ impl Session {
         if s.released {
             return Err(StreamError::Closed);
         }
-        if buf.is_empty() {
+        if max == 0 {
             return Ok(0);
         }
         if s.recv_buf.is_empty() {
@@ -572,7 +587,7 @@ impl Session {
                 Err(StreamError::WouldBlock)
             };
         }
-        let n = s.recv_buf.read(buf);
+        let n = s.recv_buf.read_with(max, sink);
         self.consumed(id, n);
         Ok(n)
     }
