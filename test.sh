@@ -32,6 +32,15 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 
+# perf (Debian's linux-perf) for the benchmark harness's profile workload; optional: without
+# it (or where the kernel refuses perf events, as in some containers) the harness notes that
+# it skipped the profile.
+if ! command -v perf >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    step "installing Debian's linux-perf (optional: the harness's profile workload)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; } ||
+        echo "note: could not install linux-perf; the harness will skip its profile workload" >&2
+fi
+
 step "js-libp2p test peer: npm ci in interop/js"
 (cd interop/js && npm ci --no-audit --no-fund --loglevel=error)
 

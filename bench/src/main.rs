@@ -10,6 +10,7 @@
 mod aead;
 mod peers;
 mod procfs;
+mod profile;
 mod report;
 mod stats;
 mod workloads;
@@ -69,10 +70,11 @@ struct Args {
     /// [default: 256M; 16M with --quick].
     #[arg(long, value_parser = parse_size)]
     aead_size: Option<u64>,
-    /// Workloads to run, comma-separated: ceilings,throughput,setup,concurrent,scale.
+    /// Workloads to run, comma-separated: ceilings,throughput,setup,concurrent,scale,profile
+    /// (profile: `perf record` on each relay during a single-circuit transfer; needs `perf`).
     #[arg(
         long,
-        default_value = "ceilings,throughput,setup,concurrent,scale",
+        default_value = "ceilings,throughput,setup,concurrent,scale,profile",
         value_delimiter = ','
     )]
     only: Vec<String>,
@@ -257,6 +259,15 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     log(format!("config: {cfg:?}; scratch dir {}", tmp.display()));
+    let out = (!args.no_write).then(|| {
+        args.out
+            .clone()
+            .unwrap_or_else(|| root.join("bench/results"))
+    });
+    if let Some(out) = &out {
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("creating the results directory {}", out.display()))?;
+    }
     let started = Instant::now();
 
     if cfg.runs("ceilings") || cfg.runs("throughput") || cfg.runs("concurrent") {
@@ -272,17 +283,15 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     if cfg.runs("scale") {
         scale(&cfg, &progs, &kinds, &mut report).await;
     }
+    if cfg.runs("profile") {
+        profile(&cfg, &progs, &kinds, &mut report, out.as_deref()).await;
+    }
     report.elapsed_s = started.elapsed().as_secs_f64();
     report.derive();
 
     let md = report.markdown();
     println!("{md}");
-    if !args.no_write {
-        let out = args
-            .out
-            .clone()
-            .unwrap_or_else(|| root.join("bench/results"));
-        std::fs::create_dir_all(&out)?;
+    if let Some(out) = &out {
         let (md_path, json_path) = (
             out.join(format!("{}.md", cfg.name)),
             out.join(format!("{}.json", cfg.name)),
@@ -610,6 +619,102 @@ async fn transfers(
     }
     // Dropping the processes kills them (kill_on_drop).
     drop(up);
+}
+
+/// Where each relay's CPU goes while it relays one circuit (our perf peers, `--size` each
+/// way): `perf record` on the relay process, summed into categories, plus a flamegraph
+/// written beside the results (`<name>-flame-<relay>.svg`).
+async fn profile(
+    cfg: &Config,
+    progs: &Programs,
+    kinds: &[Kind],
+    report: &mut Report,
+    out: Option<&std::path::Path>,
+) {
+    if let Err(e) = profile::available().await {
+        report.note(format!("profile skipped: {e}"));
+        return;
+    }
+    let lim = RelayLimits::for_workload(64, 16);
+    for &k in kinds {
+        if k == Kind::Js {
+            report.note(
+                "profile: js-libp2p's relay is not profiled (perf cannot name the functions of \
+                 Node's JIT-compiled code)"
+                    .into(),
+            );
+            continue;
+        }
+        log(format!(
+            "profile: {} relay, {} MiB each way",
+            k.name(),
+            cfg.size >> 20
+        ));
+        let relay = match peers::start_relay(progs, k, lim).await {
+            Ok(r) => r,
+            Err(e) => {
+                report.error(k, format!("profile: {e:#}"));
+                continue;
+            }
+        };
+        let server = match peers::start_server(progs, &relay, Client::Ours).await {
+            Ok(s) => s,
+            Err(e) => {
+                report.error(k, format!("profile: {e:#}"));
+                continue;
+            }
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let pid = relay.proc.pid;
+        let data = progs.tmp.join(format!("profile-{}.data", k.name()));
+        let rec = match profile::Recording::start(pid, &data).await {
+            Ok(r) => r,
+            Err(e) => {
+                // A tool problem (no permission, say), not the relay's: a note, and no
+                // point trying the next relay.
+                report.note(format!("profile skipped: {e:#}"));
+                return;
+            }
+        };
+        let cpu0 = procfs::cpu_secs(pid);
+        let run = peers::run_perf_client(progs, Client::Ours, &server.addr, cfg.size).await;
+        let cpu1 = procfs::cpu_secs(pid);
+        let stopped = rec.stop().await;
+        if let Err(e) = run {
+            report.error(k, format!("profile transfer: {e:#}"));
+            continue;
+        }
+        let data = match stopped {
+            Ok(d) => d,
+            Err(e) => {
+                report.note(format!("profile of the {} relay: {e:#}", k.name()));
+                continue;
+            }
+        };
+        let svg = out.map(|o| o.join(format!("{}-flame-{}.svg", cfg.name, k.name())));
+        match profile::analyse(k.name(), &data, svg.as_deref()).await {
+            Ok(mut p) => {
+                if let (Ok(c0), Ok(c1)) = (cpu0, cpu1) {
+                    let gib = (2 * cfg.size) as f64 / (1u64 << 30) as f64;
+                    p.cpu_s_per_gib = Some((c1 - c0) / gib);
+                }
+                log(format!(
+                    "profile: {} relay, {} samples; {}",
+                    k.name(),
+                    p.samples,
+                    profile::CATEGORIES
+                        .iter()
+                        .zip(&p.categories)
+                        .map(|(c, v)| format!("{c} {v:.1} %"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                report.profiles.push(p);
+            }
+            Err(e) => report.note(format!("profile of the {} relay: {e:#}", k.name())),
+        }
+        let _ = std::fs::remove_file(&data);
+    }
 }
 
 /// Many reservations held at once, one fresh relay each.

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use crate::peers::Kind;
+use crate::profile::{Profile, CATEGORIES};
 use crate::Config;
 
 /// Figures of one relay.
@@ -273,6 +274,8 @@ pub struct Report {
     command: String,
     /// `/proc/loadavg` (1, 5, 15 min) when the run started: other work on the machine skews it.
     load_start: String,
+    /// The profile workload's findings, one per relay profiled.
+    pub profiles: Vec<Profile>,
 }
 
 fn loadavg() -> String {
@@ -333,6 +336,7 @@ impl Report {
             machine: format!("{cores} cores ({cpu}), {kernel}"),
             command: format!("cargo run --release -p circuit-bench -- {}", args.join(" ")),
             load_start: loadavg(),
+            profiles: Vec::new(),
         }
     }
 
@@ -483,6 +487,7 @@ impl Report {
             }
             s += &self.relayed_direct_lines();
         }
+        s += &self.profile_section();
         let mut problems = self.notes.clone();
         for (k, r) in &self.relays {
             problems.extend(r.errors.iter().map(|e| format!("{}: {e}", k.name())));
@@ -561,6 +566,54 @@ impl Report {
         s
     }
 
+    /// The profile workload's tables: CPU by category per relay (share, and seconds per
+    /// relayed GiB), then each relay's most sampled functions and its flamegraph.
+    fn profile_section(&self) -> String {
+        let ps = &self.profiles;
+        if ps.is_empty() {
+            return String::new();
+        }
+        let mut s = format!(
+            "\n## Where the relay's CPU goes (profile, same run)\n\n`perf record -e cpu-clock -F 997 --call-graph dwarf` on \
+             each relay while our perf peers move {} MiB each way through it; shares of the relay's \
+             samples, and the same as seconds per relayed GiB (the relay's CPU during the profiled \
+             transfer, sampling included, times the share).\n\n| category |",
+            self.config.size >> 20
+        );
+        for p in ps {
+            s += &format!(" {} (%) | {} (s per GiB) |", p.relay, p.relay);
+        }
+        s += "\n|---|";
+        s += &"---|---|".repeat(ps.len());
+        s += "\n";
+        for (i, c) in CATEGORIES.iter().enumerate() {
+            s += &format!("| {c} |");
+            for p in ps {
+                let share = p.categories.get(i).copied();
+                let secs = share.zip(p.cpu_s_per_gib).map(|(v, c)| v / 100.0 * c);
+                s += &format!(" {} | {} |", fmt(share), fmt(secs));
+            }
+            s += "\n";
+        }
+        s += "| all (samples) |";
+        for p in ps {
+            s += &format!(" 100 ({}) | {} |", p.samples, fmt(p.cpu_s_per_gib));
+        }
+        s += "\n";
+        for p in ps {
+            s += &format!("\nMost sampled functions, {} relay", p.relay);
+            if let Some(f) = &p.flamegraph {
+                s += &format!(" (flamegraph: [{f}]({f}))");
+            }
+            s += ":\n\n| % | library | function |\n|---|---|---|\n";
+            for (pct, dso, sym) in &p.top {
+                let sym: String = sym.replace('|', "\\|").chars().take(100).collect();
+                s += &format!("| {} | {dso} | `{sym}` |\n", fmt(Some(*pct)));
+            }
+        }
+        s
+    }
+
     /// The results as JSON.
     pub fn json(&self) -> Value {
         let mut relays = serde_json::Map::new();
@@ -602,6 +655,7 @@ impl Report {
             "ratios": ratios,
             "ceilings": ceilings,
             "notes": self.notes,
+            "profiles": self.profiles,
         })
     }
 }
