@@ -260,15 +260,20 @@ mod tests {
         (0..n).map(|_| PeerId::random()).collect()
     }
 
+    /// Adds the first peers of `p` as candidates, measured at `rtts` (ms) in that order.
+    fn measured(c: &mut Chooser, p: &[PeerId], rtts: &[u64]) {
+        for (peer, rtt) in p.iter().zip(rtts) {
+            c.add_candidate(*peer);
+            c.record_rtt(peer, ms(*rtt));
+        }
+    }
+
     #[test]
     fn reserves_on_the_lowest_latency_relays() {
         let now = Instant::now();
         let mut c = Chooser::new(ChooserConfig::default());
         let p = peers(4);
-        for (peer, rtt) in p.iter().zip([120, 10, 60, 30]) {
-            c.add_candidate(*peer);
-            c.record_rtt(peer, ms(rtt));
-        }
+        measured(&mut c, &p, &[120, 10, 60, 30]);
         let actions = settle(&mut c, now);
         assert_eq!(
             actions,
@@ -300,10 +305,7 @@ mod tests {
         let cfg = ChooserConfig::default();
         let mut c = Chooser::new(cfg);
         let p = peers(4);
-        for (peer, rtt) in p.iter().zip([10, 20, 30, 40]) {
-            c.add_candidate(*peer);
-            c.record_rtt(peer, ms(rtt));
-        }
+        measured(&mut c, &p, &[10, 20, 30, 40]);
         settle(&mut c, now);
         c.reservation_failed(&p[0], now);
         assert_eq!(settle(&mut c, now), vec![Action::Reserve(p[3])]);
@@ -322,10 +324,7 @@ mod tests {
         let cfg = ChooserConfig::default();
         let mut c = Chooser::new(cfg);
         let p = peers(5);
-        for (peer, rtt) in p.iter().take(3).zip([30, 40, 50]) {
-            c.add_candidate(*peer);
-            c.record_rtt(peer, ms(rtt));
-        }
+        measured(&mut c, &p, &[30, 40, 50]);
         settle(&mut c, now);
         // 45 ms is faster than 50 ms but not clearly: no switch.
         c.add_candidate(p[3]);
@@ -352,10 +351,7 @@ mod tests {
         let cfg = ChooserConfig::default();
         let mut c = Chooser::new(cfg);
         let p = peers(5);
-        for (peer, rtt) in p.iter().take(3).zip([30, 40, 50]) {
-            c.add_candidate(*peer);
-            c.record_rtt(peer, ms(rtt));
-        }
+        measured(&mut c, &p, &[30, 40, 50]);
         settle(&mut c, now);
         c.add_candidate(p[3]);
         c.record_rtt(&p[3], ms(5));

@@ -352,16 +352,23 @@ impl Session {
         self.maybe_forget(id);
     }
 
-    fn on_remote_reset(&mut self, id: StreamId) {
-        let Some(s) = self.streams.get_mut(&id) else {
-            return;
-        };
+    /// Stream `id` about to be reset (not gone, not reset already), no longer counted as
+    /// awaiting the peer's ACK.
+    fn resetting(&mut self, id: StreamId) -> Option<&mut Stream> {
+        let s = self.streams.get_mut(&id)?;
         if s.reset {
-            return;
+            return None;
         }
         if s.awaiting_ack {
             self.unacked_outbound -= 1;
         }
+        Some(s)
+    }
+
+    fn on_remote_reset(&mut self, id: StreamId) {
+        let Some(s) = self.resetting(id) else {
+            return;
+        };
         let notify = !s.released;
         let read_notified = s.read_notified;
         let write_blocked = s.write_blocked;
@@ -762,15 +769,9 @@ impl Session {
     }
 
     fn reset_local(&mut self, id: StreamId) {
-        let Some(s) = self.streams.get_mut(&id) else {
+        let Some(s) = self.resetting(id) else {
             return;
         };
-        if s.reset {
-            return;
-        }
-        if s.awaiting_ack {
-            self.unacked_outbound -= 1;
-        }
         // A SYN never sent means the peer never heard of the stream: nothing to reset.
         let announced = !s.pending_flags.contains(Flags::SYN);
         s.clear_for_reset();
