@@ -12,32 +12,7 @@ use std::sync::mpsc::channel;
 use std::time::Duration;
 
 mod common;
-use common::{circuit, root, Proc};
-
-fn require(path: PathBuf, what: &str) -> Option<PathBuf> {
-    if path.exists() {
-        return Some(path);
-    }
-    let msg = format!(
-        "{what} missing at {}: run ./test.sh (or see interop/*/README.md) to build it",
-        path.display()
-    );
-    if std::env::var("CI")
-        .map(|v| v == "true" || v == "1")
-        .unwrap_or(false)
-    {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
-}
-
-fn rust_peer() -> Option<PathBuf> {
-    require(
-        root().join("interop/rust-libp2p-peer/target/release/rust-libp2p-peer"),
-        "rust-libp2p test peer",
-    )
-}
+use common::{circuit, require, root, rust_peer, Proc};
 
 fn js_peer() -> Option<PathBuf> {
     require(

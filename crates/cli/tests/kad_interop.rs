@@ -10,32 +10,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod common;
-use common::{circuit, root, tmp, Proc};
+use common::{circuit, rust_peer, tmp, Proc};
 
 const T: Duration = Duration::from_secs(60);
 
 /// The `/libp2p/relay` namespace key as rust-libp2p prints it: hex of the
 /// multihash `0x12 0x20 || sha256("/libp2p/relay")`.
 const RELAY_KEY_HEX: &str = "1220245eebd20d2cd4c81b5d4ac27c73746279f436d62f3ef52c452a369e6ef7b610";
-
-fn rust_peer() -> Option<PathBuf> {
-    let path = root().join("interop/rust-libp2p-peer/target/release/rust-libp2p-peer");
-    if path.exists() {
-        return Some(path);
-    }
-    let msg = format!(
-        "rust-libp2p test peer missing at {}: run ./test.sh (or see interop/rust-libp2p-peer/README.md) to build it",
-        path.display()
-    );
-    if std::env::var("CI")
-        .map(|v| v == "true" || v == "1")
-        .unwrap_or(false)
-    {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
-}
 
 /// A rust-libp2p peer in a listening mode: waits for `PEER`, `LISTEN`, `READY`;
 /// returns it, its peer id and its full address.

@@ -18,6 +18,34 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// `path`, if it exists. A missing test peer fails the test under `CI=true` (a skip there
+/// would hide a broken setup); elsewhere the test is skipped with a note saying what to run.
+pub fn require(path: PathBuf, what: &str) -> Option<PathBuf> {
+    if path.exists() {
+        return Some(path);
+    }
+    let msg = format!(
+        "{what} missing at {}: run ./test.sh (or see interop/*/README.md) to build it",
+        path.display()
+    );
+    if std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+    {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+/// The rust-libp2p test peer (interop/rust-libp2p-peer), if built.
+pub fn rust_peer() -> Option<PathBuf> {
+    require(
+        root().join("interop/rust-libp2p-peer/target/release/rust-libp2p-peer"),
+        "rust-libp2p test peer",
+    )
+}
+
 /// A fresh path in the temp dir.
 pub fn tmp(name: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
