@@ -28,15 +28,7 @@ fn prerequisites() -> Option<(PathBuf, PathBuf)> {
     if missing.is_empty() {
         return Some((chromium, node));
     }
-    let msg = format!("status page test needs: {}", missing.join("; "));
-    if std::env::var("CI")
-        .map(|v| v == "true" || v == "1")
-        .unwrap_or(false)
-    {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
+    common::missing(format!("status page test needs: {}", missing.join("; ")))
 }
 
 #[test]

@@ -24,10 +24,15 @@ pub fn require(path: PathBuf, what: &str) -> Option<PathBuf> {
     if path.exists() {
         return Some(path);
     }
-    let msg = format!(
+    missing(format!(
         "{what} missing at {}: run ./test.sh (or see interop/*/README.md) to build it",
         path.display()
-    );
+    ))
+}
+
+/// Something a test needs is not installed (`msg` says what and how to get it): a failure
+/// under `CI=true`, a skip (`None`, with a note) elsewhere.
+pub fn missing<T>(msg: String) -> Option<T> {
     if std::env::var("CI")
         .map(|v| v == "true" || v == "1")
         .unwrap_or(false)
