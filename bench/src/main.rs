@@ -179,7 +179,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     rt.block_on(run(args))
 }
 
-fn log(msg: impl AsRef<str>) {
+pub(crate) fn log(msg: impl AsRef<str>) {
     eprintln!("[bench] {}", msg.as_ref());
 }
 

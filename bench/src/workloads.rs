@@ -17,6 +17,8 @@ use crate::stats::{median, percentile};
 
 const MIB: f64 = (1u64 << 20) as f64;
 const GIB: f64 = (1u64 << 30) as f64;
+/// How often a long workload prints its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Deadline of one dial or reservation (far above any healthy figure).
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -109,6 +111,8 @@ pub async fn concurrent(
     let mut ready = Vec::with_capacity(n);
     let mut failed = 0;
     let mut error = None;
+    let opening = Instant::now();
+    let mut next_report = opening + PROGRESS_EVERY;
     while let Some(r) = set.join_next().await {
         match r.map_err(anyhow::Error::from).and_then(|x| x) {
             Ok(x) => ready.push(x),
@@ -116,6 +120,14 @@ pub async fn concurrent(
                 failed += 1;
                 error.get_or_insert(format!("{e:#}"));
             }
+        }
+        if Instant::now() >= next_report {
+            next_report = Instant::now() + PROGRESS_EVERY;
+            crate::log(format!(
+                "  {} of {n} circuits open, {failed} failed, {:.0} s",
+                ready.len(),
+                opening.elapsed().as_secs_f64()
+            ));
         }
     }
     if ready.is_empty() {
@@ -232,6 +244,10 @@ pub async fn reservations(
     let mut held = Vec::with_capacity(n);
     let mut reserve_ms = Vec::with_capacity(n);
     let mut error = None;
+    let mut failed = 0;
+    // A progress line every few seconds: thousands of reservations on a slow relay take
+    // minutes (js-libp2p's: ~160 ms of its CPU each).
+    let mut next_report = Instant::now() + PROGRESS_EVERY;
     while let Some(r) = set.join_next().await {
         match r.map_err(anyhow::Error::from).and_then(|x| x) {
             Ok((node, ms)) => {
@@ -239,8 +255,17 @@ pub async fn reservations(
                 reserve_ms.push(ms);
             }
             Err(e) => {
+                failed += 1;
                 error.get_or_insert(format!("{e:#}"));
             }
+        }
+        if Instant::now() >= next_report {
+            next_report = Instant::now() + PROGRESS_EVERY;
+            crate::log(format!(
+                "  {} of {n} reservations held, {failed} failed, {:.0} s",
+                held.len(),
+                t0.elapsed().as_secs_f64()
+            ));
         }
     }
     let wall_s = t0.elapsed().as_secs_f64();
