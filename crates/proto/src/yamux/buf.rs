@@ -115,6 +115,16 @@ impl Transmit for Vec<u8> {
     }
 }
 
+/// A [`ChunkBuf::read_with`] sink that copies the slices it is handed into `buf`, one after
+/// another (the caller bounds their total by `buf.len()`).
+pub(crate) fn fill(buf: &mut [u8]) -> impl FnMut(&[u8]) + '_ {
+    let mut n = 0;
+    move |s| {
+        buf[n..n + s.len()].copy_from_slice(s);
+        n += s.len();
+    }
+}
+
 /// A FIFO byte queue of chunks. `len` is what is buffered; memory held is that rounded up
 /// to chunk sizes (plus the unread head of the front chunk), and for shared chunks the
 /// buffers they belong to.
@@ -204,11 +214,7 @@ impl ChunkBuf {
     /// Copies up to `buf.len()` bytes out into `buf`, freeing chunks as they empty. Returns
     /// the number copied.
     pub fn read(&mut self, buf: &mut [u8]) -> usize {
-        let mut n = 0;
-        self.read_with(buf.len(), |s| {
-            buf[n..n + s.len()].copy_from_slice(s);
-            n += s.len();
-        })
+        self.read_with(buf.len(), fill(buf))
     }
 
     /// Moves `n` bytes (at most what is buffered) to the end of `out`.

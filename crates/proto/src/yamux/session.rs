@@ -561,11 +561,8 @@ impl Session {
     /// Reads buffered data. `Ok(n > 0)` data; `Ok(0)` end of stream (FIN received and all
     /// data read, or empty `buf`); `Err(WouldBlock)` nothing yet; `Err(Reset)` after RST.
     pub fn stream_read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<usize, StreamError> {
-        let mut n = 0;
-        self.stream_read_with(id, buf.len(), |s| {
-            buf[n..n + s.len()].copy_from_slice(s);
-            n += s.len();
-        })
+        let max = buf.len();
+        self.stream_read_with(id, max, super::buf::fill(buf))
     }
 
     /// Like [`Session::stream_read`], but hands up to `max` bytes to `sink`, slice by slice in
