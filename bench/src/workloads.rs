@@ -22,6 +22,31 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Deadline of one dial or reservation (far above any healthy figure).
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A progress line every [`PROGRESS_EVERY`] while a long loop runs.
+struct Progress {
+    start: Instant,
+    next: Instant,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        let start = Instant::now();
+        Progress {
+            start,
+            next: start + PROGRESS_EVERY,
+        }
+    }
+
+    /// Logs `line(seconds so far)` if the interval has passed since the last line.
+    fn tick(&mut self, line: impl FnOnce(f64) -> String) {
+        let now = Instant::now();
+        if now >= self.next {
+            self.next = now + PROGRESS_EVERY;
+            crate::log(line(self.start.elapsed().as_secs_f64()));
+        }
+    }
+}
+
 fn fresh_node() -> Node {
     Node::new(Keypair::generate_ed25519(), NodeConfig::default())
 }
@@ -111,8 +136,7 @@ pub async fn concurrent(
     let mut ready = Vec::with_capacity(n);
     let mut failed = 0;
     let mut error = None;
-    let opening = Instant::now();
-    let mut next_report = opening + PROGRESS_EVERY;
+    let mut progress = Progress::new();
     while let Some(r) = set.join_next().await {
         match r.map_err(anyhow::Error::from).and_then(|x| x) {
             Ok(x) => ready.push(x),
@@ -121,14 +145,12 @@ pub async fn concurrent(
                 error.get_or_insert(format!("{e:#}"));
             }
         }
-        if Instant::now() >= next_report {
-            next_report = Instant::now() + PROGRESS_EVERY;
-            crate::log(format!(
-                "  {} of {n} circuits open, {failed} failed, {:.0} s",
-                ready.len(),
-                opening.elapsed().as_secs_f64()
-            ));
-        }
+        progress.tick(|secs| {
+            format!(
+                "  {} of {n} circuits open, {failed} failed, {secs:.0} s",
+                ready.len()
+            )
+        });
     }
     if ready.is_empty() {
         bail!("no circuit could be opened: {}", error.unwrap_or_default());
@@ -247,7 +269,7 @@ pub async fn reservations(
     let mut failed = 0;
     // A progress line every few seconds: thousands of reservations on a slow relay take
     // minutes (js-libp2p's: ~160 ms of its CPU each).
-    let mut next_report = Instant::now() + PROGRESS_EVERY;
+    let mut progress = Progress::new();
     while let Some(r) = set.join_next().await {
         match r.map_err(anyhow::Error::from).and_then(|x| x) {
             Ok((node, ms)) => {
@@ -259,14 +281,12 @@ pub async fn reservations(
                 error.get_or_insert(format!("{e:#}"));
             }
         }
-        if Instant::now() >= next_report {
-            next_report = Instant::now() + PROGRESS_EVERY;
-            crate::log(format!(
-                "  {} of {n} reservations held, {failed} failed, {:.0} s",
-                held.len(),
-                t0.elapsed().as_secs_f64()
-            ));
-        }
+        progress.tick(|secs| {
+            format!(
+                "  {} of {n} reservations held, {failed} failed, {secs:.0} s",
+                held.len()
+            )
+        });
     }
     let wall_s = t0.elapsed().as_secs_f64();
     let cpu_s = procfs::cpu_secs(relay_pid)? - cpu0;
