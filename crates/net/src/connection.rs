@@ -474,6 +474,16 @@ impl Stream {
             .stream_set_max_window(self.id, max);
     }
 
+    /// Caps this stream's receive window at what `bytes_per_sec` needs over the
+    /// connection's measured round trip (see
+    /// [`circuit_proto::yamux::Session::stream_set_window_rate`]), within the
+    /// [`Stream::set_max_receive_window`] cap.
+    pub fn set_receive_window_rate(&self, bytes_per_sec: u32) {
+        lock(&self.conn.shared)
+            .session
+            .stream_set_window_rate(self.id, bytes_per_sec);
+    }
+
     /// Wakes the connection's driver if it has anything to send: ends a run of
     /// [`Stream::poll_write_chunk`] calls.
     pub fn flush_chunks(&self) {

@@ -82,6 +82,9 @@ pub struct Session {
     last_input_at: Option<Instant>,
     /// Latest measured round trip (any answered ping of ours), for window tuning.
     rtt: Option<std::time::Duration>,
+    /// Least round trip measured: the path's, without the queueing that a busy connection
+    /// adds to the latest one.
+    min_rtt: Option<std::time::Duration>,
 }
 
 impl Session {
@@ -113,6 +116,7 @@ impl Session {
             keepalive_at: None,
             last_input_at: None,
             rtt: None,
+            min_rtt: None,
         }
     }
 
@@ -205,6 +209,7 @@ impl Session {
                             self.ping_outstanding = None;
                             let rtt = now.saturating_duration_since(sent);
                             self.rtt = Some(rtt);
+                            self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
                             self.events.push_back(Event::Pong { rtt });
                         }
                     }
@@ -669,7 +674,15 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        let max = s.max_window.unwrap_or(config_max);
+        let mut max = s.max_window.unwrap_or(config_max);
+        if let Some(rate) = s.window_rate {
+            // No growth before a round trip is measured (the first window read asks for
+            // one). The float-to-int cast saturates.
+            let bdp = self
+                .min_rtt
+                .map_or(0, |rtt| (f64::from(rate) * rtt.as_secs_f64()) as u32);
+            max = max.min(bdp.max(self.config.initial_window));
+        }
         // n <= data buffered <= receive window (a u32).
         let n = n as u32;
         if let Some(now) = now {
@@ -715,6 +728,23 @@ impl Session {
         if let Some(s) = self.streams.get_mut(&id) {
             s.max_window = Some(max);
         }
+    }
+
+    /// Caps the receive window of one stream at what `bytes_per_sec` needs over this
+    /// session's round trip (the least measured by pings; at least the initial window, at
+    /// most the [`Session::stream_set_max_window`] cap): a window only has to cover the
+    /// bandwidth × delay of its hop, and anything beyond is memory a slower consumer makes
+    /// us hold. Until a round trip is measured the window does not grow. A relay uses it so
+    /// that a circuit on a 50 ms hop can run fast while one on loopback stays small.
+    pub fn stream_set_window_rate(&mut self, id: StreamId, bytes_per_sec: u32) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.window_rate = Some(bytes_per_sec);
+        }
+    }
+
+    /// The least round trip measured by this session's pings, if any.
+    pub fn min_rtt(&self) -> Option<std::time::Duration> {
+        self.min_rtt
     }
 
     /// Buffers up to `min(data.len(), free send buffer)` bytes for sending.

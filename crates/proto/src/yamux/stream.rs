@@ -18,6 +18,9 @@ pub(crate) struct Stream {
     pub epoch_bytes: u32,
     /// Per-stream cap on window growth (else `Config::max_receive_window`).
     pub max_window: Option<u32>,
+    /// Bytes per second the window is to cover over the session's round trip: growth stops
+    /// at this × the least measured RTT (see `Session::stream_set_window_rate`).
+    pub window_rate: Option<u32>,
     /// Bytes read by the application but not yet returned to the peer as window.
     pub unacked_read: u32,
     /// Window delta to announce in the next Window Update.

@@ -916,14 +916,27 @@ fn chunk_read_and_write_move_data_between_sessions() {
 }
 
 /// Moves `total` bytes client → server: per exchange the client writes at most `write_step`
-/// bytes, the server reads at most `read_step` bytes and the clock advances `step`. Returns
-/// the sum of the window deltas the server announced.
+/// bytes, the server reads at most `read_step` bytes and the clock advances `step` (so a
+/// ping's round trip is `step`). Returns the sum of the window deltas the server announced.
 fn stream_with_reader(
     total: usize,
     step: Duration,
     max_window: u32,
     write_step: usize,
     read_step: usize,
+) -> u64 {
+    stream_with_reader_rate(total, step, max_window, write_step, read_step, None)
+}
+
+/// [`stream_with_reader`], with the server's stream window sized for `rate` bytes per second
+/// ([`Session::stream_set_window_rate`]) when given.
+fn stream_with_reader_rate(
+    total: usize,
+    step: Duration,
+    max_window: u32,
+    write_step: usize,
+    read_step: usize,
+    rate: Option<u32>,
 ) -> u64 {
     let cfg = Config {
         max_receive_window: max_window,
@@ -945,6 +958,10 @@ fn stream_with_reader(
             fed += p.c.stream_write(id, &data[fed..end]).unwrap_or(0);
         }
         transfer(&mut p.c, &mut p.s, usize::MAX, 1 << 20, p.now);
+        if let Some(rate) = rate {
+            // Known to the server from the first exchange on (setting it again is harmless).
+            p.s.stream_set_window_rate(id, rate);
+        }
         if let Ok(n) = p.s.stream_read(id, &mut buf) {
             got += n;
         }
@@ -1025,6 +1042,46 @@ fn receive_window_stays_for_slow_senders_and_lagging_readers() {
         DEFAULT_WINDOW as usize,
         "only the initial window may be in flight"
     );
+}
+
+#[test]
+fn window_rate_sizes_the_window_to_the_measured_round_trip() {
+    let total = 16 << 20;
+    let initial = u64::from(DEFAULT_WINDOW);
+    let rate = 64 << 20;
+    // A zero round trip (loopback, as far as the clock can tell): a fast, window-bound
+    // reader that would grow to the 4 MiB maximum stays at the initial window.
+    let deltas = stream_with_reader_rate(
+        total,
+        Duration::ZERO,
+        4 << 20,
+        usize::MAX,
+        1 << 24,
+        Some(rate),
+    );
+    assert!(
+        deltas <= total as u64,
+        "grew on a zero round trip: {deltas}"
+    );
+    // A 10 ms round trip: 64 MiB/s needs 671 088 bytes of window; it grows that far (past
+    // one doubling) and no further.
+    let ms10 = Duration::from_millis(10);
+    let bdp = 671_088;
+    let deltas = stream_with_reader_rate(total, ms10, 4 << 20, usize::MAX, 1 << 24, Some(rate));
+    assert!(
+        deltas > total as u64 + initial,
+        "did not grow to the rate: {deltas}"
+    );
+    assert!(
+        deltas <= total as u64 + bdp - initial,
+        "grew past the rate: {deltas}"
+    );
+    // The per-stream maximum still caps it: 64 MiB/s over 10 ms is more than 512 KiB.
+    let deltas = stream_with_reader_rate(total, ms10, 512 << 10, usize::MAX, 1 << 24, Some(rate));
+    assert!(deltas <= total as u64 + (512 << 10) - initial, "{deltas}");
+    // Without a rate the same stream grows to the maximum (the control).
+    let deltas = stream_with_reader_rate(total, ms10, 4 << 20, usize::MAX, 1 << 24, None);
+    assert!(deltas > total as u64 + bdp, "{deltas}");
 }
 
 #[test]
