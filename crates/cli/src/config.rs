@@ -147,8 +147,36 @@ pub struct RelayFile {
     pub shutdown_drain: u64,
     /// Limits of the relay and the node.
     pub limits: Limits,
+    /// The perf service (`/perf/1.0.0`) offered to clients.
+    pub perf: PerfFile,
     /// Who may reserve and who may connect.
     pub acl: AclFile,
+}
+
+/// `[perf]`: clients can measure their link to the relay with the perf protocol
+/// (`circuit perf <relay address>`, or any libp2p perf client). Bounded, since it makes
+/// the relay send what anyone asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerfFile {
+    /// Serve `/perf/1.0.0` at all.
+    pub enabled: bool,
+    /// Most bytes one request may upload, and most it may ask back; larger requests are
+    /// reset.
+    pub max_bytes: u64,
+    /// Most requests served at once; more are reset.
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_concurrent: usize,
+}
+
+impl Default for PerfFile {
+    fn default() -> Self {
+        PerfFile {
+            enabled: true,
+            max_bytes: 64 * 1024 * 1024,
+            max_concurrent: 2,
+        }
+    }
 }
 
 impl Default for RelayFile {
@@ -167,6 +195,7 @@ impl Default for RelayFile {
             status_interval: 60,
             shutdown_drain: 10,
             limits: Limits::default(),
+            perf: PerfFile::default(),
             acl: AclFile::default(),
         }
     }

@@ -388,6 +388,26 @@ fn perf_interoperates_both_ways() {
             && line.contains(&format!("\"download_bytes\":{down}")),
         "{out:?}"
     );
+    // rust client → our relay itself (a relay serves bounded perf to its clients).
+    let (code, out) = Proc::spawn(
+        "rust perf client to the relay",
+        &peer,
+        &[
+            "perf",
+            &relay_addr,
+            "--upload",
+            &up.to_string(),
+            "--download",
+            &down.to_string(),
+        ],
+    )
+    .finish(T);
+    assert_eq!(code, 0, "{out:?}");
+    let line = out.last().cloned().unwrap_or_default();
+    assert!(
+        line.contains(&format!("\"download_bytes\":{down}")),
+        "{out:?}"
+    );
 
     // our `circuit perf` → rust perf server, direct.
     let (_server, _, server_addr) = rust_node(

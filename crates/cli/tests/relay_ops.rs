@@ -315,6 +315,50 @@ fn status_page_shows_identity_and_counts_follow_a_reservation() {
 }
 
 #[test]
+fn relay_serves_bounded_perf_and_counts_it() {
+    let r = relay(&["--perf-max-bytes", "1048576"]);
+    let perf = |args: &[&str]| {
+        let mut all = vec!["perf", r.tcp.as_str()];
+        all.extend_from_slice(args);
+        Command::new(circuit()).args(&all).output().unwrap()
+    };
+    let ok = perf(&["--upload", "1M", "--download", "1M"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("download 1048576 bytes"));
+    let refused = perf(&["--download", "2M"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--perf-max-bytes"), "{err}");
+    let (_, scrape) = get(&r.metrics, "/metrics");
+    assert_eq!(
+        sample(&scrape, "circuit_perf_requests_total{outcome=\"served\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "circuit_perf_requests_total{outcome=\"too_large\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&scrape, "circuit_perf_bytes_total{direction=\"sent\"}"),
+        Some(1048576.0)
+    );
+    // Off: the protocol is not offered.
+    let off = relay(&["--no-perf"]);
+    let out = Command::new(circuit())
+        .args(["perf", off.tcp.as_str(), "--download", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
 fn config_file_errors_name_key_and_line_and_flags_override_the_file() {
     let bad = tmp("bad.toml");
     std::fs::write(

@@ -127,6 +127,7 @@ const GO_REASONS: [&str; 5] = [
     "malformed message",
 ];
 const TRANSPORTS: [&str; 3] = ["tcp", "ws", "relayed"];
+const PERF_OUTCOMES: [&str; 4] = ["served", "busy", "too_large", "failed"];
 const STAGES: [&str; 4] = [
     "security_negotiation",
     "noise",
@@ -184,6 +185,8 @@ pub struct RelayMetrics {
     transport_connections: Family<Labels, Counter>,
     transport_connections_active: Family<Labels, Gauge>,
     handshake_failures: Family<Labels, Counter>,
+    perf_requests: Family<Labels, Counter>,
+    perf_bytes: Family<Labels, Counter>,
     resident_memory: Gauge,
     open_fds: Gauge,
 
@@ -230,6 +233,8 @@ impl RelayMetrics {
             transport_connections: Family::default(),
             transport_connections_active: Family::default(),
             handshake_failures: Family::default(),
+            perf_requests: Family::default(),
+            perf_bytes: Family::default(),
             resident_memory: Gauge::default(),
             open_fds: Gauge::default(),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_REFUSALS)),
@@ -264,6 +269,12 @@ impl RelayMetrics {
         }
         for s in STAGES {
             let _ = m.handshake_failures.get_or_create(&[("stage", s)]);
+        }
+        for o in PERF_OUTCOMES {
+            let _ = m.perf_requests.get_or_create(&[("outcome", o)]);
+        }
+        for d in ["received", "sent"] {
+            let _ = m.perf_bytes.get_or_create(&[("direction", d)]);
         }
         m
     }
@@ -363,6 +374,17 @@ impl RelayMetrics {
                 "Inbound handshakes that failed, by stage",
                 self.handshake_failures.clone(),
             );
+            node.register(
+                "perf_requests",
+                "Perf (/perf/1.0.0) requests, by outcome (served; refused: busy, too_large; failed)",
+                self.perf_requests.clone(),
+            );
+            node.register_with_unit(
+                "perf",
+                "Bytes of perf requests, received (uploads) and sent (answers)",
+                Unit::Bytes,
+                self.perf_bytes.clone(),
+            );
         }
         let process = registry.sub_registry_with_prefix("process");
         process.register_with_unit(
@@ -372,6 +394,20 @@ impl RelayMetrics {
             self.resident_memory.clone(),
         );
         process.register("open_fds", "Open file descriptors", self.open_fds.clone());
+    }
+
+    /// Counts a perf request that ended (the perf server's observer).
+    pub fn perf(&self, outcome: &circuit_net::protocols::perf::Outcome) {
+        self.perf_requests
+            .get_or_create(&[("outcome", outcome.label())])
+            .inc();
+        let (received, sent) = outcome.bytes();
+        self.perf_bytes
+            .get_or_create(&[("direction", "received")])
+            .inc_by(received);
+        self.perf_bytes
+            .get_or_create(&[("direction", "sent")])
+            .inc_by(sent);
     }
 
     /// Sets `libp2p_relaysvc_status` (1 while serving, 0 once shutting down).

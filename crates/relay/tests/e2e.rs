@@ -60,6 +60,60 @@ async fn direct_connection_ping_and_perf() {
 }
 
 #[tokio::test]
+async fn bounded_perf_server_refuses_too_large_and_too_many() {
+    init_logs();
+    let a = node(&["/ip4/127.0.0.1/tcp/0"]).await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    perf::serve(
+        &a,
+        perf::ServerLimits {
+            max_bytes: 1 << 20,
+            max_concurrent: 1,
+            observer: Some(std::sync::Arc::new(move |o: &perf::Outcome| {
+                log.lock().unwrap().push(*o)
+            })),
+        },
+    );
+    let b = node(&[]).await;
+    let conn = b.dial(&a.full_addr(&a.listen_addrs()[0])).await.unwrap();
+    // Within the bound: served in full.
+    let r = perf::run(&b, &conn, 1 << 20, 1 << 20).await.unwrap();
+    assert_eq!((r.uploaded, r.downloaded), (1 << 20, 1 << 20));
+    // Asking back more than the bound, or uploading more: the stream is reset.
+    assert!(perf::run(&b, &conn, 0, (1 << 20) + 1).await.is_err());
+    assert!(perf::run(&b, &conn, 2 << 20, 0).await.is_err());
+    // One at a time: a second request while one is being served is refused.
+    let mut slow = b.open_stream(&conn, perf::PROTOCOL).await.unwrap();
+    slow.write_all(&1u64.to_be_bytes()).await.unwrap();
+    slow.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(perf::run(&b, &conn, 0, 1).await.is_err());
+    slow.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    slow.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, [0u8]);
+    // ... and served again once it is done.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    perf::run(&b, &conn, 0, 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let labels: Vec<&str> = seen.lock().unwrap().iter().map(|o| o.label()).collect();
+    assert_eq!(
+        labels,
+        [
+            "served",
+            "too_large",
+            "too_large",
+            "busy",
+            "served",
+            "served"
+        ],
+        "{:?}",
+        seen.lock().unwrap()
+    );
+}
+
+#[tokio::test]
 async fn relayed_pipe_both_ways_over_tcp_and_ws() {
     init_logs();
     let (_rn, relay, tcp, ws) = relay(RelayConfig {

@@ -62,7 +62,14 @@ pub async fn run(a: Args, out: Output) -> anyhow::Result<ExitCode> {
     let connect = start.elapsed();
     let r = perf::run(&node, &conn, a.upload, a.download)
         .await
-        .context("perf request")?;
+        .with_context(|| {
+            format!(
+                "perf request to {} (a reset stream is a refusal: a peer that does not serve \
+                 /perf/1.0.0, or a circuit relay bounding perf by size, --perf-max-bytes \
+                 [64 MiB by default], and by requests at once, --perf-max-concurrent)",
+                conn.peer()
+            )
+        })?;
     let up = rate(r.uploaded, r.upload_time.as_secs_f64());
     let down = rate(r.downloaded, r.download_time.as_secs_f64());
     let ttfb = r.time_to_first_byte.map(|d| d.as_secs_f64() * 1e3);

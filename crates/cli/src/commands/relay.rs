@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use circuit_net::protocols::autonat;
 use circuit_net::protocols::kad::{namespace_key, Kad, KadConfig, RELAY_NAMESPACE};
+use circuit_net::protocols::{autonat, perf};
 use circuit_net::{Multiaddr, Node};
 use circuit_relay::Relay;
 use http_body_util::Full;
@@ -24,7 +24,7 @@ use crate::config::{Addr, RelayFile, Rule};
 use crate::output::{ev, Output};
 
 /// Every option can also be set in the config file (`--config`), under the
-/// same name with underscores (limits under `[limits]`, ACL lists under
+/// same name with underscores (limits under `[limits]`, perf under `[perf]`, ACL lists under
 /// `[acl.reserve]`/`[acl.connect]`); flags override the file.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct Args {
@@ -128,6 +128,15 @@ pub struct Args {
     /// These may not open circuits (checked against the source; repeatable).
     #[arg(long, value_name = "RULE")]
     connect_deny: Vec<Rule>,
+    /// Do not serve perf (`/perf/1.0.0`) to clients.
+    #[arg(long)]
+    no_perf: bool,
+    /// Most bytes a perf request may upload or ask back [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    perf_max_bytes: Option<u64>,
+    /// Most perf requests served at once [default: 2].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    perf_max_concurrent: Option<u64>,
     /// Print a status line (reservations, circuits, bytes) to stderr this often, seconds (0 = never) [default: 60].
     #[arg(long, value_name = "SECS")]
     status_interval: Option<u64>,
@@ -164,6 +173,15 @@ impl Args {
         if self.tls_cert.is_some() {
             f.tls_cert = self.tls_cert.clone();
             f.tls_key = self.tls_key.clone();
+        }
+        if self.no_perf {
+            f.perf.enabled = false;
+        }
+        if let Some(v) = self.perf_max_bytes {
+            f.perf.max_bytes = v;
+        }
+        if let Some(v) = self.perf_max_concurrent {
+            f.perf.max_concurrent = usize::try_from(v).unwrap_or(usize::MAX);
         }
         let l = &mut f.limits;
         fn set<T: Copy>(dst: &mut T, v: Option<T>) {
@@ -258,6 +276,17 @@ pub async fn run(a: Args, out: Output) -> anyhow::Result<ExitCode> {
     // Every relay is a Kademlia server and an AutoNAT server for its clients.
     let kad = Kad::start(&node, KadConfig::default());
     autonat::enable_server(&node, autonat_server_config(cfg.autonat_allow_private));
+    if cfg.perf.enabled {
+        let metrics = relay.clone();
+        perf::serve(
+            &node,
+            perf::ServerLimits {
+                max_bytes: cfg.perf.max_bytes,
+                max_concurrent: cfg.perf.max_concurrent,
+                observer: Some(Arc::new(move |o| metrics.metrics().perf(o))),
+            },
+        );
+    }
     if !cfg.bootstrap.is_empty() || cfg.advertise {
         let bootstrap: Vec<Multiaddr> = cfg.bootstrap.iter().map(|a| a.0.clone()).collect();
         let advertise = cfg.advertise;
@@ -405,6 +434,9 @@ fn reload(a: &Args, cfg: &mut RelayFile, relay: &Relay) {
     if new.metrics != cfg.metrics {
         fixed.push("metrics");
     }
+    if new.perf != cfg.perf {
+        fixed.push("perf");
+    }
     let l = (&new.limits, &cfg.limits);
     if l.0.handshake_timeout != l.1.handshake_timeout
         || l.0.negotiation_timeout != l.1.negotiation_timeout
@@ -429,10 +461,17 @@ fn reload(a: &Args, cfg: &mut RelayFile, relay: &Relay) {
         cfg.announce.clone(),
         cfg.identity.clone(),
         cfg.metrics,
+        cfg.perf.clone(),
     );
     let node_limits = cfg.limits.clone();
     *cfg = new;
-    (cfg.listen, cfg.announce, cfg.identity, cfg.metrics) = keep;
+    (
+        cfg.listen,
+        cfg.announce,
+        cfg.identity,
+        cfg.metrics,
+        cfg.perf,
+    ) = keep;
     cfg.limits.handshake_timeout = node_limits.handshake_timeout;
     cfg.limits.negotiation_timeout = node_limits.negotiation_timeout;
     cfg.limits.max_connections = node_limits.max_connections;
