@@ -484,6 +484,14 @@ impl Stream {
             .stream_set_window_rate(self.id, bytes_per_sec);
     }
 
+    /// Caps this stream's send buffer at `max` bytes (see
+    /// [`circuit_proto::yamux::Session::stream_set_max_send_buffer`]).
+    pub fn set_max_send_buffer(&self, max: usize) {
+        lock(&self.conn.shared)
+            .session
+            .stream_set_max_send_buffer(self.id, max);
+    }
+
     /// Wakes the connection's driver if it has anything to send: ends a run of
     /// [`Stream::poll_write_chunk`] calls.
     pub fn flush_chunks(&self) {

@@ -515,7 +515,7 @@ impl Session {
         out.put(&Header::data(id, len as u32, flags).encode());
         out.put_payload(&mut s.send_buf, len);
         s.send_window -= len as u32;
-        if s.write_blocked && s.send_buf.len() < self.config.max_send_buffer {
+        if s.write_blocked && s.send_buf.len() < s.send_buffer_cap(self.config.max_send_buffer) {
             s.write_blocked = false;
             self.events.push_back(Event::Writable(id));
         }
@@ -633,10 +633,10 @@ impl Session {
         id: StreamId,
         chunk: Chunk,
     ) -> Result<(), (StreamError, Chunk)> {
-        let max_buf = self.config.max_send_buffer;
         let Some(s) = self.streams.get_mut(&id) else {
             return Err((StreamError::Unknown, chunk));
         };
+        let max_buf = s.send_buffer_cap(self.config.max_send_buffer);
         if s.reset {
             return Err((StreamError::Reset, chunk));
         }
@@ -742,6 +742,15 @@ impl Session {
         }
     }
 
+    /// Caps the send buffer of one stream at `max` bytes (instead of
+    /// `Config::max_send_buffer`): writes beyond it block. A relay uses a small one, since
+    /// what it forwards is already buffered in the incoming stream's receive window.
+    pub fn stream_set_max_send_buffer(&mut self, id: StreamId, max: usize) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.max_send_buffer = Some(max);
+        }
+    }
+
     /// The least round trip measured by this session's pings, if any.
     pub fn min_rtt(&self) -> Option<std::time::Duration> {
         self.min_rtt
@@ -750,8 +759,8 @@ impl Session {
     /// Buffers up to `min(data.len(), free send buffer)` bytes for sending.
     /// `Err(WouldBlock)` when the buffer is full; `Err(Closed)` after finish/release.
     pub fn stream_write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
-        let max_buf = self.config.max_send_buffer;
         let s = self.streams.get_mut(&id).ok_or(StreamError::Unknown)?;
+        let max_buf = s.send_buffer_cap(self.config.max_send_buffer);
         if s.reset {
             return Err(StreamError::Reset);
         }

@@ -18,6 +18,8 @@ pub(crate) struct Stream {
     pub epoch_bytes: u32,
     /// Per-stream cap on window growth (else `Config::max_receive_window`).
     pub max_window: Option<u32>,
+    /// Per-stream cap on `send_buf` (else `Config::max_send_buffer`).
+    pub max_send_buffer: Option<usize>,
     /// Bytes per second the window is to cover over the session's round trip: growth stops
     /// at this × the least measured RTT (see `Session::stream_set_window_rate`).
     pub window_rate: Option<u32>,
@@ -66,6 +68,11 @@ impl Stream {
             pending_flags,
             ..Stream::default()
         }
+    }
+
+    /// Most bytes `send_buf` takes: the per-stream cap, else the session's.
+    pub fn send_buffer_cap(&self, session_max: usize) -> usize {
+        self.max_send_buffer.unwrap_or(session_max)
     }
 
     /// Whether the data phase of `poll_transmit` can emit a frame for this stream now.

@@ -1085,6 +1085,30 @@ fn window_rate_sizes_the_window_to_the_measured_round_trip() {
 }
 
 #[test]
+fn per_stream_send_buffer_cap_blocks_writes_beyond_it() {
+    let mut p = Pair::new(usize::MAX);
+    let id = p.c.open_stream().unwrap();
+    let other = p.c.open_stream().unwrap();
+    p.c.stream_set_max_send_buffer(id, 10_000);
+    let data = vec![1u8; 1 << 20];
+    // Nothing transmitted yet: the buffer takes up to the cap, then blocks.
+    assert_eq!(p.c.stream_write(id, &data).unwrap(), 10_000);
+    assert_eq!(p.c.stream_write(id, &data), Err(StreamError::WouldBlock));
+    // A whole chunk is refused when it does not fit a non-empty buffer.
+    let chunk = Chunk::owned(bytes::BytesMut::from(&data[..5_000]));
+    assert!(matches!(
+        p.c.stream_write_chunk(id, chunk),
+        Err((StreamError::WouldBlock, _))
+    ));
+    // Other streams keep the session's 256 KiB.
+    assert_eq!(p.c.stream_write(other, &data).unwrap(), 256 * 1024);
+    // Once sent, there is room again (and the writer is told).
+    p.pump();
+    assert!(events(&mut p.c).contains(&Event::Writable(id)));
+    assert_eq!(p.c.stream_write(id, &data).unwrap(), 10_000);
+}
+
+#[test]
 fn per_stream_window_cap_bounds_growth() {
     let mut p = Pair::new(usize::MAX);
     let id = p.c.open_stream().unwrap();
