@@ -59,5 +59,5 @@ export CI="${CI:-true}"
 cargo test --workspace --locked --no-fail-fast
 
 step "benchmark harness smoke run (every workload, tiny sizes; fails only on errors, never on speed)"
-cargo build --release --locked -p circuit-cli
+cargo build --release --locked -p circuit-cli -p circuit-delayline
 cargo run --release --locked -p circuit-bench -- --quick --strict --no-write

@@ -13,6 +13,7 @@ mod procfs;
 mod profile;
 mod report;
 mod stats;
+mod wan;
 mod workloads;
 
 use std::collections::BTreeMap;
@@ -70,11 +71,20 @@ struct Args {
     /// [default: 256M; 16M with --quick].
     #[arg(long, value_parser = parse_size)]
     aead_size: Option<u64>,
-    /// Workloads to run, comma-separated: ceilings,throughput,setup,concurrent,scale,profile
-    /// (profile: `perf record` on each relay during a single-circuit transfer; needs `perf`).
+    /// One-way delay of the relay's link in the wan workload, ms: each of the circuit's two
+    /// hops then has a round trip of twice this.
+    #[arg(long, default_value_t = 25)]
+    wan_delay: u64,
+    /// Bytes each way through each relay in the wan workload [default: 32M; 2M with --quick].
+    #[arg(long, value_parser = parse_size)]
+    wan_size: Option<u64>,
+    /// Workloads to run, comma-separated: ceilings,throughput,setup,concurrent,scale,profile,wan
+    /// (profile: `perf record` on each relay during a single-circuit transfer; needs `perf`.
+    /// wan: one circuit through each relay behind a delay line, in network namespaces of the
+    /// repository's test bed; needs root).
     #[arg(
         long,
-        default_value = "ceilings,throughput,setup,concurrent,scale,profile",
+        default_value = "ceilings,throughput,setup,concurrent,scale,profile,wan",
         value_delimiter = ','
     )]
     only: Vec<String>,
@@ -138,6 +148,8 @@ pub struct Config {
     relays: Vec<String>,
     clients: Vec<String>,
     aead_size: u64,
+    wan_delay: u64,
+    wan_size: u64,
     workloads: Vec<String>,
     /// Base name of the results files.
     name: String,
@@ -160,6 +172,8 @@ impl Config {
             relays: a.relays.clone(),
             clients: a.clients.clone(),
             aead_size: a.aead_size.unwrap_or(if q { 16 << 20 } else { 256 << 20 }),
+            wan_delay: a.wan_delay,
+            wan_size: a.wan_size.unwrap_or(if q { 2 << 20 } else { 32 << 20 }),
             workloads: a.only.clone(),
             name: a.name.clone(),
         }
@@ -285,6 +299,9 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     }
     if cfg.runs("profile") {
         profile(&cfg, &progs, &kinds, &mut report, out.as_deref()).await;
+    }
+    if cfg.runs("wan") {
+        wan(&cfg, &root, &progs, &kinds, &mut report).await;
     }
     report.elapsed_s = started.elapsed().as_secs_f64();
     report.derive();
@@ -715,6 +732,68 @@ async fn profile(
         }
         let _ = std::fs::remove_file(&data);
     }
+}
+
+/// One circuit through each relay over two delayed hops (see `wan.rs`), our perf peers.
+async fn wan(
+    cfg: &Config,
+    root: &std::path::Path,
+    progs: &Programs,
+    kinds: &[Kind],
+    report: &mut Report,
+) {
+    let delayline = root.join("target/release/circuit-delayline");
+    if let Some(why) = wan::unavailable(root, &delayline) {
+        report.note(format!("wan skipped: {why}"));
+        return;
+    }
+    log(format!(
+        "wan: test bed with a {} ms delay line on the relay's link",
+        cfg.wan_delay
+    ));
+    let bed = match wan::Bed::up(root, &delayline, cfg.wan_delay, &progs.tmp).await {
+        Ok(b) => b,
+        Err(e) => {
+            report.note(format!("wan skipped: {e:#}"));
+            return;
+        }
+    };
+    let lim = RelayLimits::for_workload(64, 16);
+    for &k in kinds {
+        log(format!(
+            "wan: {} relay, {} MiB each way over two {} ms hops",
+            k.name(),
+            cfg.wan_size >> 20,
+            2 * cfg.wan_delay
+        ));
+        let run = async {
+            let relay = peers::start_relay_on(progs, k, lim, &bed.relay).await?;
+            let server = peers::start_our_server(progs, &relay, &bed.server).await?;
+            let f = peers::run_perf_client_on(
+                progs,
+                Client::Ours,
+                &server.addr,
+                cfg.wan_size,
+                &bed.client,
+            )
+            .await?;
+            let peak = procfs::status_kib(relay.proc.pid, "VmHWM")
+                .ok()
+                .map(|k| k as f64 / 1024.0);
+            Ok::<_, anyhow::Error>((f, peak))
+        };
+        match run.await {
+            Ok((f, peak)) => {
+                report.set(k, "wan_up_mib_s", f.up_mib_s, &[]);
+                report.set(k, "wan_down_mib_s", f.down_mib_s, &[]);
+                if let Some(p) = peak {
+                    report.set(k, "wan_rss_peak_mib", p, &[]);
+                }
+            }
+            Err(e) => report.error(k, format!("wan: {e:#}")),
+        }
+    }
+    drop(bed);
 }
 
 /// Many reservations held at once, one fresh relay each.

@@ -205,18 +205,62 @@ fn drain<R: AsyncRead + Unpin + Send + 'static>(mut lines: Lines<BufReader<R>>) 
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 }
 
-/// Is `a` a plain loopback TCP address (no `/ws`)?
-fn is_loopback_tcp(a: &str) -> bool {
-    a.starts_with("/ip4/127.0.0.1/tcp/") && !a.contains("/ws") && !a.contains("/p2p-circuit")
+/// Where a process runs: on this host's loopback, or in a network namespace of the WAN
+/// workload's test bed at a given address.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Network namespace (`ip netns exec <ns> …`); none = this one.
+    pub netns: Option<String>,
+    /// The IPv4 address it listens on and its peers reach it at.
+    pub ip: String,
+}
+
+impl Host {
+    /// Loopback in this namespace.
+    pub fn loopback() -> Host {
+        Host {
+            netns: None,
+            ip: "127.0.0.1".into(),
+        }
+    }
+
+    /// A command for `program`, run in this host's namespace.
+    fn command(&self, program: &Path) -> Command {
+        match &self.netns {
+            None => Command::new(program),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+        }
+    }
+
+    /// Is `a` a plain TCP address (no `/ws`, not relayed) at this host's IP?
+    fn is_tcp_addr(&self, a: &str) -> bool {
+        a.starts_with(&format!("/ip4/{}/tcp/", self.ip))
+            && !a.contains("/ws")
+            && !a.contains("/p2p-circuit")
+    }
 }
 
 /// Starts a relay of `kind` on a fresh loopback port with its limits lifted.
 pub async fn start_relay(p: &Programs, kind: Kind, lim: RelayLimits) -> anyhow::Result<Relay> {
-    let listen = "/ip4/127.0.0.1/tcp/0";
+    start_relay_on(p, kind, lim, &Host::loopback()).await
+}
+
+/// Starts a relay of `kind` on a fresh port of `host` with its limits lifted.
+pub async fn start_relay_on(
+    p: &Programs,
+    kind: Kind,
+    lim: RelayLimits,
+    host: &Host,
+) -> anyhow::Result<Relay> {
+    let listen = &format!("/ip4/{}/tcp/0", host.ip);
     let res = lim.reservations.max(16).to_string();
     let mut cmd = match kind {
         Kind::Ours => {
-            let mut c = Command::new(&p.circuit);
+            let mut c = host.command(&p.circuit);
             let per_peer = (lim.circuits + 16).to_string();
             let total = (lim.circuits + 16).max(1024).to_string();
             let conns = lim.connections.to_string();
@@ -242,7 +286,7 @@ pub async fn start_relay(p: &Programs, kind: Kind, lim: RelayLimits) -> anyhow::
             c
         }
         Kind::Rust => {
-            let mut c = Command::new(&p.rust_peer);
+            let mut c = host.command(&p.rust_peer);
             let per_peer = (lim.circuits + 16).to_string();
             let total = (lim.circuits + 16).max(1024).to_string();
             let streams = lim.rust_streams().to_string();
@@ -254,7 +298,7 @@ pub async fn start_relay(p: &Programs, kind: Kind, lim: RelayLimits) -> anyhow::
             c
         }
         Kind::Js => {
-            let mut c = Command::new(&p.js_peer);
+            let mut c = host.command(&p.js_peer);
             // No limit flags: the js peer then runs with applyDefaultLimit: false.
             c.args(["relay", "--listen", listen, "--max-reservations", &res]);
             c
@@ -271,7 +315,7 @@ pub async fn start_relay(p: &Programs, kind: Kind, lim: RelayLimits) -> anyhow::
             let l = next_line(&mut lines).await?;
             // Ours prints bare addresses; the test peers print `LISTEN <addr>` then `READY`.
             let a = l.strip_prefix("LISTEN ").unwrap_or(&l).trim().to_string();
-            if is_loopback_tcp(&a) && addr.is_none() {
+            if host.is_tcp_addr(&a) && addr.is_none() {
                 addr = Some(a);
                 if kind == Kind::Ours {
                     break;
@@ -291,7 +335,7 @@ pub async fn start_relay(p: &Programs, kind: Kind, lim: RelayLimits) -> anyhow::
         .with_context(|| format!("starting the {} relay", kind.name()))?;
     drain(lines);
     let addr: Multiaddr = addr
-        .context("relay printed no loopback TCP address")?
+        .with_context(|| format!("relay printed no TCP address at {}", host.ip))?
         .parse()
         .context("relay address")?;
     Ok(Relay { kind, proc, addr })
@@ -310,7 +354,7 @@ pub struct Server {
 /// circuit address.
 pub async fn start_server(p: &Programs, relay: &Relay, client: Client) -> anyhow::Result<Server> {
     match client {
-        Client::Ours => start_our_server(p, relay).await,
+        Client::Ours => start_our_server(p, relay, &Host::loopback()).await,
         Client::Rust => start_rust_server(p, Some(relay)).await,
     }
     .with_context(|| {
@@ -322,9 +366,11 @@ pub async fn start_server(p: &Programs, relay: &Relay, client: Client) -> anyhow
     })
 }
 
-/// `circuit listen --relay <relay>`.
-async fn start_our_server(p: &Programs, relay: &Relay) -> anyhow::Result<Server> {
-    let mut cmd = Command::new(&p.circuit);
+/// `circuit listen --relay <relay>` on `host`; its circuit address is the one through the
+/// relay's TCP address.
+pub async fn start_our_server(p: &Programs, relay: &Relay, host: &Host) -> anyhow::Result<Server> {
+    let relay_tcp = relay.addr.to_string();
+    let mut cmd = host.command(&p.circuit);
     cmd.args(["--json", "listen", "--relay", &relay.addr.to_string()])
         .arg("--identity")
         .arg(p.tmp.join(format!("server-{}.key", relay.kind.name())))
@@ -346,7 +392,7 @@ async fn start_our_server(p: &Programs, relay: &Relay) -> anyhow::Result<Server>
                         .unwrap_or_default()
                         .into_iter()
                         .filter_map(|a| a.as_str().map(str::to_string))
-                        .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/") && !a.contains("/ws/"));
+                        .find(|a| a.starts_with(&relay_tcp) && a.contains("/p2p-circuit"));
                     if let Some(a) = a {
                         return a.parse::<Multiaddr>().context("circuit address");
                     }
@@ -473,18 +519,29 @@ pub async fn run_perf_client(
     addr: &Multiaddr,
     bytes: u64,
 ) -> anyhow::Result<PerfFigures> {
+    run_perf_client_on(p, client, addr, bytes, &Host::loopback()).await
+}
+
+/// [`run_perf_client`] on `host`.
+pub async fn run_perf_client_on(
+    p: &Programs,
+    client: Client,
+    addr: &Multiaddr,
+    bytes: u64,
+    host: &Host,
+) -> anyhow::Result<PerfFigures> {
     let n = bytes.to_string();
     let a = addr.to_string();
     // Generous: a benchmark must not fail because the machine is slow.
     let limit = Duration::from_secs(120 + 2 * bytes / (1 << 20));
     let mut cmd = match client {
         Client::Ours => {
-            let mut c = Command::new(&p.circuit);
+            let mut c = host.command(&p.circuit);
             c.args(["--json", "perf", &a, "--upload", &n, "--download", &n]);
             c
         }
         Client::Rust => {
-            let mut c = Command::new(&p.rust_peer);
+            let mut c = host.command(&p.rust_peer);
             c.args(["perf", &a, "--upload", &n, "--download", &n])
                 .args(["--timeout", &limit.as_secs().to_string()]);
             c

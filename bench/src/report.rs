@@ -198,6 +198,24 @@ const METRICS: &[Metric] = &[
         "ms",
         false,
     ),
+    m(
+        "wan_up_mib_s",
+        "one circuit over two {W} ms hops (our perf peers): upload",
+        "MiB/s",
+        true,
+    ),
+    m(
+        "wan_down_mib_s",
+        "one circuit over two {W} ms hops: download",
+        "MiB/s",
+        true,
+    ),
+    m(
+        "wan_rss_peak_mib",
+        "relay RSS peak, one circuit over two {W} ms hops",
+        "MiB",
+        false,
+    ),
 ];
 
 /// Ceiling rows: key, label, unit.
@@ -404,6 +422,7 @@ impl Report {
         m.label
             .replace("{N}", &self.config.circuits.to_string())
             .replace("{R}", &self.config.reservations.to_string())
+            .replace("{W}", &(2 * self.config.wan_delay).to_string())
     }
 
     fn others(&self) -> Vec<Kind> {
@@ -434,7 +453,7 @@ impl Report {
         );
         s += &format!("Command: `{}`\n\n", self.command);
         s += &self.settings_line();
-        s += "All relays on loopback with limits lifted; the same clients and servers for every relay: for single-circuit \
+        s += "All relays on loopback (except in the WAN rows) with limits lifted; the same clients and servers for every relay: for single-circuit \
               throughput our perf peers (`circuit perf` process → `circuit listen`) and rust-libp2p's (`rust-libp2p-peer perf` \
               → `rust-libp2p-peer perf --server --relay`), in-process circuit-net clients → `circuit listen` otherwise. \
               Ratios are ours/theirs: above 1 is better for \"higher\" rows, below 1 for \"lower\" rows.\n\n";
@@ -530,6 +549,15 @@ impl Report {
             parts.push(format!(
                 "Scale: {} reservations, {} being made at a time.",
                 c.reservations, c.reservation_parallel
+            ));
+        }
+        if ran("wan") {
+            parts.push(format!(
+                "WAN: {} each way through a relay whose link has a {} ms one-way delay line \
+                 (two hops of {} ms round trip), our perf peers behind NAT, in network namespaces.",
+                mib(c.wan_size),
+                c.wan_delay,
+                2 * c.wan_delay
             ));
         }
         if ran("ceilings") || ran("throughput") || ran("concurrent") {
@@ -677,9 +705,28 @@ mod tests {
             relays: vec!["ours".into(), "rust".into()],
             clients: vec!["ours".into(), "rust".into()],
             aead_size: 1 << 20,
+            wan_delay: 25,
+            wan_size: 1 << 20,
             workloads: vec!["throughput".into()],
             name: "latest".into(),
         }
+    }
+
+    #[test]
+    fn wan_rows_name_the_round_trip_of_each_hop() {
+        let mut c = config();
+        c.workloads = vec!["wan".into()];
+        c.wan_delay = 30;
+        let mut r = Report::new(c);
+        r.set(Kind::Ours, "wan_up_mib_s", 30.0, &[]);
+        r.set(Kind::Rust, "wan_up_mib_s", 20.0, &[]);
+        let md = r.markdown();
+        let row = md
+            .lines()
+            .find(|l| l.contains("one circuit over two 60 ms hops"))
+            .unwrap_or_else(|| panic!("no wan row in {md}"));
+        assert!(row.contains("| 30 | 20 | 1.50 |"), "{row}");
+        assert!(md.contains("30 ms one-way delay line"), "{md}");
     }
 
     #[test]

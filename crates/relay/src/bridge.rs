@@ -101,21 +101,23 @@ pub(crate) trait Side: Unpin {
 
 /// Receive-window cap of a relayed stream. The end points' own (end-to-end) yamux window
 /// is what limits a circuit's throughput; the relay's windows only need to cover its
-/// hops, and each byte of them is memory the relay may have to hold when the far side is
-/// slower. So a relayed stream's window grows only to what [`RELAY_WINDOW_RATE`] needs over
-/// the hop's measured round trip, and never beyond this: 4 MiB covers 64 MiB/s up to a
-/// 62 ms hop. On loopback or a LAN the windows stay at the initial 256 KiB (measured: the
-/// same throughput as with 1 MiB windows, 1.5 MiB less relay RSS for one circuit); on a
-/// 50 ms hop they grow to about 3 MiB (measured through the netbed's delay line: a
-/// circuit over two 50 ms hops went from 8 to 16 MiB/s against a fixed 1 MiB cap). At
-/// most (the window + [`RELAY_SEND_BUFFER`]) per direction is buffered per circuit.
-pub(crate) const RELAY_MAX_WINDOW: u32 = 4 * 1024 * 1024;
+/// hops (their bandwidth × round trip, plus what the sender's socket buffer holds), and
+/// each byte of them is memory the relay may have to hold when the far side is slower. So
+/// a relayed stream's window grows, while the stream is window-bound, only to what
+/// [`RELAY_WINDOW_RATE`] needs over the hop's least measured round trip, and never beyond
+/// this (reached at a 62 ms hop). On loopback or a LAN the windows stay at the initial
+/// 256 KiB (measured: the same throughput as with 1 MiB windows, 1.5 MiB less relay RSS
+/// for one circuit). Through the harness's wan workload (two 50 ms hops, 96 MiB each way):
+/// 35.0/33.3 MiB/s up/down, rust-libp2p's relay 35.9/33.2; with a 4 MiB cap 26.9/25.5,
+/// with the former fixed 1 MiB about 8. At most (the window + [`RELAY_SEND_BUFFER`]) per
+/// direction is buffered per circuit.
+pub(crate) const RELAY_MAX_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// Send buffer of a relayed stream: only a hand-over between the bridge and the outgoing
 /// connection, since what waits for the far side's window already waits in the incoming
 /// stream's receive window (measured, one circuit moving 512 MiB each way on loopback:
 /// relay RSS peak 14.3–14.5 MiB against 14.9–15.3 with the session's 256 KiB, the same
-/// throughput and CPU; through two 50 ms hops the same 16.7/15.6 MiB/s).
+/// throughput and CPU; through two 50 ms hops the same throughput).
 pub(crate) const RELAY_SEND_BUFFER: usize = 128 * 1024;
 
 /// Rate a relayed stream's receive window is sized for: the window grows (when the stream
