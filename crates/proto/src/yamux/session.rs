@@ -662,6 +662,7 @@ impl Session {
     /// growing the window first when the stream is window-bound (see [`Config::max_receive_window`]).
     fn consumed(&mut self, id: StreamId, n: usize) {
         let config_max = self.config.max_receive_window;
+        let initial = self.config.initial_window;
         let now = self.last_input_at;
         // A window-bound sender sends one window per round trip: a window read within a
         // few round trips (but never less than the fixed interval, for noisy short RTTs)
@@ -702,6 +703,16 @@ impl Session {
                         s.window += add;
                         s.recv_window = s.recv_window.saturating_add(add);
                         s.pending_window_update = s.pending_window_update.saturating_add(add);
+                    } else if s.window_rate.is_some()
+                        && s.recv_buf.len() > (s.window / 2) as usize
+                        && s.window > initial
+                    {
+                        // A rate-sized window whose reader lags (more than half a window
+                        // waiting): the reader, not the window, limits the rate, so halve
+                        // it by withholding that much credit, and hold less for it.
+                        let cut = s.window - (s.window / 2).max(initial);
+                        s.window -= cut;
+                        s.window_debt = s.window_debt.saturating_add(cut);
                     }
                     s.epoch_start = Some(now);
                     s.epoch_bytes = 0;
@@ -734,8 +745,11 @@ impl Session {
     /// session's round trip (the least measured by pings; at least the initial window, at
     /// most the [`Session::stream_set_max_window`] cap): a window only has to cover the
     /// bandwidth × delay of its hop, and anything beyond is memory a slower consumer makes
-    /// us hold. Until a round trip is measured the window does not grow. A relay uses it so
-    /// that a circuit on a 50 ms hop can run fast while one on loopback stays small.
+    /// us hold. Until a round trip is measured the window does not grow. Such a window also
+    /// shrinks back (halved per window read, to the initial one) while its reader lags, so
+    /// a stream that was fast and then slowed does not keep a large window filled. A relay
+    /// uses it so that a circuit on a 50 ms hop can run fast while one on loopback, or one
+    /// whose far side is slow, stays small.
     pub fn stream_set_window_rate(&mut self, id: StreamId, bytes_per_sec: u32) {
         if let Some(s) = self.streams.get_mut(&id) {
             s.window_rate = Some(bytes_per_sec);

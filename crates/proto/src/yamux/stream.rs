@@ -25,6 +25,9 @@ pub(crate) struct Stream {
     pub window_rate: Option<u32>,
     /// Bytes read by the application but not yet returned to the peer as window.
     pub unacked_read: u32,
+    /// Credit still to withhold after the window shrank: read bytes are not returned to
+    /// the peer until this is paid off.
+    pub window_debt: u32,
     /// Window delta to announce in the next Window Update.
     pub pending_window_update: u32,
     /// Peer sent FIN.
@@ -93,10 +96,13 @@ impl Stream {
         self.reset || (self.fin_sent && self.remote_fin)
     }
 
-    /// Returns `n` consumed bytes to the window accounting; true if a Window Update is now
-    /// due (at least `threshold` bytes consumed and the peer may still send).
+    /// Returns `n` consumed bytes to the window accounting (less any `window_debt`, which
+    /// they pay off first); true if a Window Update is now due (at least `threshold` bytes
+    /// consumed and the peer may still send).
     pub fn credit(&mut self, n: u32, threshold: u32) -> bool {
-        self.unacked_read = self.unacked_read.saturating_add(n);
+        let withheld = self.window_debt.min(n);
+        self.window_debt -= withheld;
+        self.unacked_read = self.unacked_read.saturating_add(n - withheld);
         if self.remote_fin || self.unacked_read < threshold {
             return false;
         }

@@ -1084,6 +1084,52 @@ fn window_rate_sizes_the_window_to_the_measured_round_trip() {
     assert!(deltas > total as u64 + bdp, "{deltas}");
 }
 
+/// A stream that is read fast (the window grows), then slowly (16 KiB per 10 ms exchange):
+/// returns the bytes left buffered at the reader at the end of the slow phase.
+fn buffered_after_slowdown(rate: Option<u32>) -> usize {
+    let server = Config {
+        max_receive_window: 4 << 20,
+        ..Config::default()
+    };
+    let client = Config {
+        max_send_buffer: 64 << 20,
+        ..Config::default()
+    };
+    let mut p = Pair::with_configs(usize::MAX, client, server);
+    let id = p.c.open_stream().unwrap();
+    let data = vec![9u8; 48 << 20];
+    let (mut fed, mut got) = (0, 0);
+    let mut buf = vec![0u8; 1 << 24];
+    for i in 0..400 {
+        fed += p.c.stream_write(id, &data[fed..]).unwrap_or(0);
+        transfer(&mut p.c, &mut p.s, usize::MAX, 1 << 22, p.now);
+        if let Some(rate) = rate {
+            p.s.stream_set_window_rate(id, rate);
+        }
+        let want = if i < 12 { buf.len() } else { 16 * 1024 };
+        if let Ok(n) = p.s.stream_read(id, &mut buf[..want]) {
+            got += n;
+        }
+        let mut out = Vec::new();
+        p.s.poll_transmit(&mut out, 1 << 22);
+        p.c.handle_input(&out, p.now).unwrap();
+        p.now += Duration::from_millis(10);
+    }
+    fed - p.c.stream_send_buffered(id) - got
+}
+
+#[test]
+fn rate_sized_window_shrinks_back_while_its_reader_lags() {
+    // Control: a plain window grown while the reader was fast stays grown, and a slow
+    // reader then keeps all of it filled.
+    let plain = buffered_after_slowdown(None);
+    assert!(plain > 2 << 20, "control did not grow: {plain}");
+    // Rate-sized (64 MiB/s over the 10 ms round trip: 671 088 bytes): halved per window
+    // read while the reader lags, back to the initial 256 KiB.
+    let sized = buffered_after_slowdown(Some(64 << 20));
+    assert!(sized <= 256 * 1024, "still holding {sized} bytes");
+}
+
 #[test]
 fn per_stream_send_buffer_cap_blocks_writes_beyond_it() {
     let mut p = Pair::new(usize::MAX);
