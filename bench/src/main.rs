@@ -75,7 +75,7 @@ struct Args {
     /// hops then has a round trip of twice this.
     #[arg(long, default_value_t = 25)]
     wan_delay: u64,
-    /// Bytes each way through each relay in the wan workload [default: 32M; 2M with --quick].
+    /// Bytes each way through each relay in the wan workload [default: 64M; 2M with --quick].
     #[arg(long, value_parser = parse_size)]
     wan_size: Option<u64>,
     /// Workloads to run, comma-separated: ceilings,throughput,setup,concurrent,scale,profile,wan
@@ -173,7 +173,7 @@ impl Config {
             clients: a.clients.clone(),
             aead_size: a.aead_size.unwrap_or(if q { 16 << 20 } else { 256 << 20 }),
             wan_delay: a.wan_delay,
-            wan_size: a.wan_size.unwrap_or(if q { 2 << 20 } else { 32 << 20 }),
+            wan_size: a.wan_size.unwrap_or(if q { 2 << 20 } else { 64 << 20 }),
             workloads: a.only.clone(),
             name: a.name.clone(),
         }
