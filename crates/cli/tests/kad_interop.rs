@@ -368,46 +368,31 @@ fn perf_interoperates_both_ways() {
     });
     let up = 3 * 1024 * 1024;
     let down = 2 * 1024 * 1024;
-    let (code, out) = Proc::spawn(
-        "rust perf client",
-        &peer,
-        &[
-            "perf",
-            &circuit_addr,
-            "--upload",
-            &up.to_string(),
-            "--download",
-            &down.to_string(),
-        ],
-    )
-    .finish(T);
-    assert_eq!(code, 0, "{out:?}");
-    let line = out.last().cloned().unwrap_or_default();
-    assert!(
-        line.contains(&format!("\"upload_bytes\":{up}"))
-            && line.contains(&format!("\"download_bytes\":{down}")),
-        "{out:?}"
-    );
+    let rust_perf = |what: &str, addr: &str| {
+        let (code, out) = Proc::spawn(
+            what,
+            &peer,
+            &[
+                "perf",
+                addr,
+                "--upload",
+                &up.to_string(),
+                "--download",
+                &down.to_string(),
+            ],
+        )
+        .finish(T);
+        assert_eq!(code, 0, "{what}: {out:?}");
+        let line = out.last().cloned().unwrap_or_default();
+        assert!(
+            line.contains(&format!("\"upload_bytes\":{up}"))
+                && line.contains(&format!("\"download_bytes\":{down}")),
+            "{what}: {out:?}"
+        );
+    };
+    rust_perf("rust perf client", &circuit_addr);
     // rust client → our relay itself (a relay serves bounded perf to its clients).
-    let (code, out) = Proc::spawn(
-        "rust perf client to the relay",
-        &peer,
-        &[
-            "perf",
-            &relay_addr,
-            "--upload",
-            &up.to_string(),
-            "--download",
-            &down.to_string(),
-        ],
-    )
-    .finish(T);
-    assert_eq!(code, 0, "{out:?}");
-    let line = out.last().cloned().unwrap_or_default();
-    assert!(
-        line.contains(&format!("\"download_bytes\":{down}")),
-        "{out:?}"
-    );
+    rust_perf("rust perf client to the relay", &relay_addr);
 
     // our `circuit perf` → rust perf server, direct.
     let (_server, _, server_addr) = rust_node(
