@@ -371,7 +371,7 @@ pub async fn start_server(p: &Programs, relay: &Relay, client: Client) -> anyhow
 pub async fn start_our_server(p: &Programs, relay: &Relay, host: &Host) -> anyhow::Result<Server> {
     let relay_tcp = relay.addr.to_string();
     let mut cmd = host.command(&p.circuit);
-    cmd.args(["--json", "listen", "--relay", &relay.addr.to_string()])
+    cmd.args(["--json", "listen", "--relay", &relay_tcp])
         .arg("--identity")
         .arg(p.tmp.join(format!("server-{}.key", relay.kind.name())))
         .stdout(Stdio::null())

@@ -87,12 +87,18 @@ impl Bed {
         Ok(bed)
     }
 
-    async fn run(&self, action: &str) -> std::io::Result<Output> {
-        tokio::process::Command::new("bash")
-            .arg(&self.script)
+    /// `netbed.sh <action>` with the bed's environment.
+    fn command(&self, action: &str) -> std::process::Command {
+        let mut c = std::process::Command::new("bash");
+        c.arg(&self.script)
             .arg(action)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    async fn run(&self, action: &str) -> std::io::Result<Output> {
+        tokio::process::Command::from(self.command(action))
             .output()
             .await
     }
@@ -101,11 +107,8 @@ impl Bed {
 impl Drop for Bed {
     fn drop(&mut self) {
         // Synchronous: the bed must be gone before the harness exits.
-        let _ = std::process::Command::new("bash")
-            .arg(&self.script)
-            .arg("down")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(std::process::Stdio::null())
+        let _ = self
+            .command("down")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();

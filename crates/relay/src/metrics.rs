@@ -127,7 +127,6 @@ const GO_REASONS: [&str; 5] = [
     "malformed message",
 ];
 const TRANSPORTS: [&str; 3] = ["tcp", "ws", "relayed"];
-const PERF_OUTCOMES: [&str; 4] = ["served", "busy", "too_large", "failed"];
 const STAGES: [&str; 4] = [
     "security_negotiation",
     "noise",
@@ -270,7 +269,7 @@ impl RelayMetrics {
         for s in STAGES {
             let _ = m.handshake_failures.get_or_create(&[("stage", s)]);
         }
-        for o in PERF_OUTCOMES {
+        for o in circuit_net::protocols::perf::Outcome::LABELS {
             let _ = m.perf_requests.get_or_create(&[("outcome", o)]);
         }
         for d in ["received", "sent"] {

@@ -118,7 +118,10 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Short name, as a metric label: `served`, `busy`, `too_large`, `failed`.
+    /// Every [`Outcome::label`], for metrics that list their label values up front.
+    pub const LABELS: [&'static str; 4] = ["served", "busy", "too_large", "failed"];
+
+    /// Short name, as a metric label: one of [`Outcome::LABELS`].
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Served { .. } => "served",

@@ -675,15 +675,6 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        let mut max = s.max_window.unwrap_or(config_max);
-        if let Some(rate) = s.window_rate {
-            // No growth before a round trip is measured (the first window read asks for
-            // one). The float-to-int cast saturates.
-            let bdp = self
-                .min_rtt
-                .map_or(0, |rtt| (f64::from(rate) * rtt.as_secs_f64()) as u32);
-            max = max.min(bdp.max(self.config.initial_window));
-        }
         // n <= data buffered <= receive window (a u32).
         let n = n as u32;
         if let Some(now) = now {
@@ -698,6 +689,7 @@ impl Session {
                     let fast = now.saturating_duration_since(t0) < interval;
                     want_rtt = true;
                     let keeps_up = s.recv_buf.len() <= (s.window / 4) as usize;
+                    let max = s.window_cap(config_max, initial, self.min_rtt);
                     if fast && keeps_up && s.window < max && !s.remote_fin {
                         let add = s.window.min(max - s.window);
                         s.window += add;

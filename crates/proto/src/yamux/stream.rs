@@ -73,6 +73,26 @@ impl Stream {
         }
     }
 
+    /// Largest the receive window may grow: the per-stream cap (else the session's
+    /// `session_max`), and for a rate-sized stream at most `window_rate` × `min_rtt` (but
+    /// never below `initial`; no growth at all before a round trip is measured).
+    pub fn window_cap(
+        &self,
+        session_max: u32,
+        initial: u32,
+        min_rtt: Option<std::time::Duration>,
+    ) -> u32 {
+        let max = self.max_window.unwrap_or(session_max);
+        match self.window_rate {
+            Some(rate) => {
+                // The float-to-int cast saturates.
+                let bdp = min_rtt.map_or(0, |rtt| (f64::from(rate) * rtt.as_secs_f64()) as u32);
+                max.min(bdp.max(initial))
+            }
+            None => max,
+        }
+    }
+
     /// Most bytes `send_buf` takes: the per-stream cap, else the session's.
     pub fn send_buffer_cap(&self, session_max: usize) -> usize {
         self.max_send_buffer.unwrap_or(session_max)
