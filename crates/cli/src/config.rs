@@ -225,6 +225,10 @@ pub struct Limits {
     /// Copy buffer per circuit direction, bytes.
     #[serde(deserialize_with = "buffer_size")]
     pub buffer_size: usize,
+    /// Most bytes of receive window all relayed streams together may grow by beyond
+    /// their initial 256 KiB (circuits over long round trips need large windows to run
+    /// fast; this bounds what they can make the relay hold). 0 = no growth.
+    pub window_budget: u64,
     /// Deadline for reading a hop request and writing its answer, seconds.
     #[serde(deserialize_with = "at_least_one")]
     pub stream_timeout: u64,
@@ -259,6 +263,7 @@ impl Default for Limits {
             limit_data: 128 * 1024,
             no_limit: false,
             buffer_size: r.buffer_size,
+            window_budget: r.window_budget,
             stream_timeout: r.stream_timeout.as_secs(),
             connect_timeout: r.connect_timeout.as_secs(),
             handshake_timeout: n.timeouts.handshake.as_secs(),
@@ -352,6 +357,7 @@ impl RelayFile {
             max_circuits_per_peer: l.max_circuits_per_peer,
             limit: self.limit(),
             buffer_size: l.buffer_size,
+            window_budget: l.window_budget,
             stream_timeout: Duration::from_secs(l.stream_timeout.max(1)),
             connect_timeout: Duration::from_secs(l.connect_timeout.max(1)),
             acl: Acl {

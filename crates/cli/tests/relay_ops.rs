@@ -396,6 +396,8 @@ fn config_file_errors_name_key_and_line_and_flags_override_the_file() {
             "--print-config",
             "--max-reservations",
             "5",
+            "--window-budget",
+            "1048576",
             "--config",
         ])
         .arg(&good)
@@ -418,6 +420,11 @@ fn config_file_errors_name_key_and_line_and_flags_override_the_file() {
         v["limits"]["limit_data"].as_integer(),
         Some(131072),
         "default"
+    );
+    assert_eq!(
+        v["limits"]["window_budget"].as_integer(),
+        Some(1048576),
+        "flag"
     );
     // The printed config is itself a valid config file.
     std::fs::write(&good, &text).unwrap();

@@ -20,7 +20,7 @@ use circuit_proto::multistream;
 use circuit_proto::noise;
 use circuit_proto::relay::Limit;
 use circuit_proto::yamux::{
-    self, Chunk, Event as MuxEvent, Session, StreamError, StreamId, Transmit as _,
+    self, Chunk, Event as MuxEvent, Session, StreamError, StreamId, StreamLimits, Transmit as _,
 };
 use libp2p_identity::PeerId;
 use multiaddr::Multiaddr;
@@ -466,30 +466,13 @@ impl Stream {
 }
 
 impl Stream {
-    /// Caps this stream's receive window: auto-tuning never grows it beyond `max` bytes,
-    /// which bounds what the peer can make us buffer for it.
-    pub fn set_max_receive_window(&self, max: u32) {
+    /// Bounds what this stream may make us buffer: window cap, window sized to a rate over
+    /// the connection's measured round trip, send-buffer cap, shared window budget (see
+    /// [`circuit_proto::yamux::StreamLimits`]). Set it before data flows.
+    pub fn set_limits(&self, limits: StreamLimits) {
         lock(&self.conn.shared)
             .session
-            .stream_set_max_window(self.id, max);
-    }
-
-    /// Caps this stream's receive window at what `bytes_per_sec` needs over the
-    /// connection's measured round trip (see
-    /// [`circuit_proto::yamux::Session::stream_set_window_rate`]), within the
-    /// [`Stream::set_max_receive_window`] cap.
-    pub fn set_receive_window_rate(&self, bytes_per_sec: u32) {
-        lock(&self.conn.shared)
-            .session
-            .stream_set_window_rate(self.id, bytes_per_sec);
-    }
-
-    /// Caps this stream's send buffer at `max` bytes (see
-    /// [`circuit_proto::yamux::Session::stream_set_max_send_buffer`]).
-    pub fn set_max_send_buffer(&self, max: usize) {
-        lock(&self.conn.shared)
-            .session
-            .stream_set_max_send_buffer(self.id, max);
+            .stream_set_limits(self.id, limits);
     }
 
     /// Wakes the connection's driver if it has anything to send: ends a run of

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use circuit_net::Stream;
 use circuit_proto::relay::Limit;
-use circuit_proto::yamux::Chunk;
+use circuit_proto::yamux::{Chunk, StreamLimits, WindowBudget};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Which way a forwarded chunk went.
@@ -95,8 +95,6 @@ pub(crate) trait Side: Unpin {
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Ends a run of chunk writes: makes sure they get sent (see [`Stream::flush_chunks`]).
     fn flush_chunks(&mut self) {}
-    /// Bounds what this side may make the relay buffer (see [`RELAY_MAX_WINDOW`]).
-    fn limit_buffering(&mut self) {}
 }
 
 /// Receive-window cap of a relayed stream. The end points' own (end-to-end) yamux window
@@ -110,7 +108,8 @@ pub(crate) trait Side: Unpin {
 /// for one circuit). Through the harness's wan workload (two 50 ms hops, 96 MiB each way):
 /// 35.0/33.3 MiB/s up/down, rust-libp2p's relay 35.9/33.2; with a 4 MiB cap 26.9/25.5,
 /// with the former fixed 1 MiB about 8. At most (the window + [`RELAY_SEND_BUFFER`]) per
-/// direction is buffered per circuit.
+/// direction is buffered per circuit, and all circuits together hold at most the relay's
+/// window budget (`limits.window_budget`) beyond their initial windows.
 pub(crate) const RELAY_MAX_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// Send buffer of a relayed stream: only a hand-over between the bridge and the outgoing
@@ -123,6 +122,18 @@ pub(crate) const RELAY_SEND_BUFFER: usize = 128 * 1024;
 /// Rate a relayed stream's receive window is sized for: the window grows (when the stream
 /// is window-bound) up to this × the hop's least measured round trip.
 pub(crate) const RELAY_WINDOW_RATE: u32 = 256 * 1024 * 1024;
+
+/// What a relayed stream may make the relay buffer: windows sized to the hop (see
+/// [`RELAY_MAX_WINDOW`]), their growth taken from the relay-wide `budget`, and a small
+/// send buffer (see [`RELAY_SEND_BUFFER`]).
+pub(crate) fn relayed_stream_limits(budget: &WindowBudget) -> StreamLimits {
+    StreamLimits {
+        max_window: Some(RELAY_MAX_WINDOW),
+        window_rate: Some(RELAY_WINDOW_RATE),
+        max_send_buffer: Some(RELAY_SEND_BUFFER),
+        window_budget: Some(budget.clone()),
+    }
+}
 
 impl Side for Stream {
     fn poll_read_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Chunk>> {
@@ -140,11 +151,6 @@ impl Side for Stream {
     }
     fn flush_chunks(&mut self) {
         Stream::flush_chunks(self)
-    }
-    fn limit_buffering(&mut self) {
-        self.set_max_receive_window(RELAY_MAX_WINDOW);
-        self.set_receive_window_rate(RELAY_WINDOW_RATE);
-        self.set_max_send_buffer(RELAY_SEND_BUFFER);
     }
 }
 
@@ -398,8 +404,6 @@ pub(crate) async fn bridge_counted<A: Side, B: Side>(
     down_counters: &[&AtomicU64],
     tap: Option<&Tap>,
 ) -> BridgeStats {
-    src.limit_buffering();
-    dst.limit_buffering();
     let chunk_max = buf_size.max(1);
     let mut up = Dir::new(
         limit.data,

@@ -26,6 +26,12 @@ pub struct RelayConfig {
     pub limit: Limit,
     /// Copy buffer per circuit direction.
     pub buffer_size: usize,
+    /// Most bytes of receive window all relayed streams together may grow by beyond their
+    /// initial 256 KiB each. A circuit over a long round trip needs a window of its
+    /// bandwidth × round trip to run fast (12.5 MiB for 250 MiB/s over 50 ms); this bounds
+    /// what such circuits can make the relay hold when their far sides stop reading. 0
+    /// keeps every window at 256 KiB.
+    pub window_budget: u64,
     /// Deadline for reading a request and writing its answer.
     pub stream_timeout: Duration,
     /// Deadline for opening the stop stream and getting the target's answer.
@@ -48,6 +54,7 @@ impl Default for RelayConfig {
             max_circuits_per_peer: 16,
             limit: Limit::GO_DEFAULT,
             buffer_size: 16 * 1024,
+            window_budget: 128 * 1024 * 1024,
             stream_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(30),
             vouchers: true,

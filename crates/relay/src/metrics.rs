@@ -19,6 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use circuit_net::upgrade::Stage;
 use circuit_net::ConnectionInfo;
+use circuit_proto::yamux::WindowBudget;
 use circuit_wire::pb::relay::Status;
 use libp2p_identity::PeerId;
 use multiaddr::Protocol;
@@ -181,6 +182,9 @@ pub struct RelayMetrics {
     relayed_bytes: Family<Labels, Counter>,
     pub(crate) bytes_src_to_dst: Counter,
     pub(crate) bytes_dst_to_src: Counter,
+    window_budget_used: Gauge,
+    window_budget_limit: Gauge,
+    window_budget_refused: Counter,
     transport_connections: Family<Labels, Counter>,
     transport_connections_active: Family<Labels, Gauge>,
     handshake_failures: Family<Labels, Counter>,
@@ -229,6 +233,9 @@ impl RelayMetrics {
             relayed_bytes,
             bytes_src_to_dst,
             bytes_dst_to_src,
+            window_budget_used: Gauge::default(),
+            window_budget_limit: Gauge::default(),
+            window_budget_refused: Counter::default(),
             transport_connections: Family::default(),
             transport_connections_active: Family::default(),
             handshake_failures: Family::default(),
@@ -354,6 +361,23 @@ impl RelayMetrics {
                 "Bytes forwarded on circuits, per direction (src_to_dst: from the dialer)",
                 Unit::Bytes,
                 self.relayed_bytes.clone(),
+            );
+            ours.register_with_unit(
+                "window_budget_used",
+                "Receive window granted to relayed streams beyond their initial 256 KiB (see limits.window_budget)",
+                Unit::Bytes,
+                self.window_budget_used.clone(),
+            );
+            ours.register_with_unit(
+                "window_budget_limit",
+                "limits.window_budget: most receive window all relayed streams together may grow by",
+                Unit::Bytes,
+                self.window_budget_limit.clone(),
+            );
+            ours.register(
+                "window_budget_refused",
+                "Window growths of relayed streams cut short or refused because the budget was spent",
+                self.window_budget_refused.clone(),
             );
         }
         {
@@ -506,6 +530,17 @@ impl RelayMetrics {
 
     /// Brings the table-derived series up to date; call with the table locked
     /// after anything that may have added or removed reservations or circuits.
+    pub(crate) fn sync_window_budget(&self, budget: &WindowBudget) {
+        self.window_budget_used
+            .set(i64::try_from(budget.in_use()).unwrap_or(i64::MAX));
+        self.window_budget_limit
+            .set(i64::try_from(budget.limit()).unwrap_or(i64::MAX));
+        // The budget keeps the count; the counter mirrors it (it only ever grows).
+        self.window_budget_refused
+            .inner()
+            .fetch_max(budget.refused(), std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(crate) fn sync_table(&self, table: &ReservationTable) {
         self.reservations_active
             .set(i64::try_from(table.num_reservations()).unwrap_or(i64::MAX));

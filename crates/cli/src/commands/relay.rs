@@ -98,6 +98,12 @@ pub struct Args {
     /// Copy buffer per circuit direction, bytes [default: 16384].
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1024..=16 << 20))]
     buffer_size: Option<u64>,
+    /// Most bytes of receive window all circuits together may grow by beyond 256 KiB per
+    /// stream: circuits over long round trips need windows of bandwidth × round trip to
+    /// run fast; this bounds what they can make the relay hold (0 = no growth)
+    /// [default: 134217728, 128 MiB].
+    #[arg(long, value_name = "BYTES")]
+    window_budget: Option<u64>,
     /// Deadline for a hop request and its answer, seconds [default: 60].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     stream_timeout: Option<u64>,
@@ -201,6 +207,7 @@ impl Args {
             l.no_limit = true;
         }
         set(&mut l.buffer_size, usize_of(self.buffer_size));
+        set(&mut l.window_budget, self.window_budget);
         set(&mut l.stream_timeout, self.stream_timeout);
         set(&mut l.connect_timeout, self.connect_timeout);
         set(&mut l.handshake_timeout, self.handshake_timeout);

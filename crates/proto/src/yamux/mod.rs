@@ -19,6 +19,7 @@
 //!   Data frame), never before.
 //! - Data for unknown streams without SYN (e.g. streams we reset and forgot) is discarded.
 
+mod budget;
 mod buf;
 mod frame;
 mod session;
@@ -28,6 +29,7 @@ mod tests;
 
 use std::time::Duration;
 
+pub use budget::{StreamLimits, WindowBudget};
 pub use buf::{Chunk, ChunkBuf, Transmit, MAX_SHARED};
 pub use frame::{Flags, FrameType, Header, HEADER_LEN};
 pub use session::Session;

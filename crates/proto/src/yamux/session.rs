@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 
+use super::budget::{BudgetShare, StreamLimits};
 use super::buf::{Chunk, ChunkBuf, Transmit};
 use super::frame::{Flags, FrameType, Header, HEADER_LEN};
 use super::stream::Stream;
@@ -691,7 +692,10 @@ impl Session {
                     let keeps_up = s.recv_buf.len() <= (s.window / 4) as usize;
                     let max = s.window_cap(config_max, initial, self.min_rtt);
                     if fast && keeps_up && s.window < max && !s.remote_fin {
-                        let add = s.window.min(max - s.window);
+                        let mut add = s.window.min(max - s.window);
+                        if let Some(b) = s.budget.as_mut() {
+                            add = b.grow(add);
+                        }
                         s.window += add;
                         s.recv_window = s.recv_window.saturating_add(add);
                         s.pending_window_update = s.pending_window_update.saturating_add(add);
@@ -724,36 +728,17 @@ impl Session {
         }
     }
 
-    /// Caps the receive window of one stream: tuning never grows it beyond `max` (a window
-    /// already larger stays as it is). A relay uses it to bound what one circuit can make
-    /// it buffer.
-    pub fn stream_set_max_window(&mut self, id: StreamId, max: u32) {
+    /// Bounds what stream `id` may make us buffer (see [`StreamLimits`]): a relay uses it
+    /// so that a circuit on a 50 ms hop can run fast while one on loopback, or one whose
+    /// far side is slow, stays small, and so that all circuits together hold at most the
+    /// shared [`WindowBudget`](super::WindowBudget) beyond their initial windows. Set it
+    /// before data flows: growth the window already had is not charged to the budget.
+    pub fn stream_set_limits(&mut self, id: StreamId, limits: StreamLimits) {
         if let Some(s) = self.streams.get_mut(&id) {
-            s.max_window = Some(max);
-        }
-    }
-
-    /// Caps the receive window of one stream at what `bytes_per_sec` needs over this
-    /// session's round trip (the least measured by pings; at least the initial window, at
-    /// most the [`Session::stream_set_max_window`] cap): a window only has to cover the
-    /// bandwidth × delay of its hop, and anything beyond is memory a slower consumer makes
-    /// us hold. Until a round trip is measured the window does not grow. Such a window also
-    /// shrinks back (halved per window read, to the initial one) while its reader lags, so
-    /// a stream that was fast and then slowed does not keep a large window filled. A relay
-    /// uses it so that a circuit on a 50 ms hop can run fast while one on loopback, or one
-    /// whose far side is slow, stays small.
-    pub fn stream_set_window_rate(&mut self, id: StreamId, bytes_per_sec: u32) {
-        if let Some(s) = self.streams.get_mut(&id) {
-            s.window_rate = Some(bytes_per_sec);
-        }
-    }
-
-    /// Caps the send buffer of one stream at `max` bytes (instead of
-    /// `Config::max_send_buffer`): writes beyond it block. A relay uses a small one, since
-    /// what it forwards is already buffered in the incoming stream's receive window.
-    pub fn stream_set_max_send_buffer(&mut self, id: StreamId, max: usize) {
-        if let Some(s) = self.streams.get_mut(&id) {
-            s.max_send_buffer = Some(max);
+            s.max_window = limits.max_window;
+            s.window_rate = limits.window_rate;
+            s.max_send_buffer = limits.max_send_buffer;
+            s.budget = limits.window_budget.map(BudgetShare::new);
         }
     }
 

@@ -1,5 +1,6 @@
 //! Per-stream state kept by the session.
 
+use super::budget::BudgetShare;
 use super::buf::ChunkBuf;
 use super::frame::Flags;
 
@@ -23,6 +24,9 @@ pub(crate) struct Stream {
     /// Bytes per second the window is to cover over the session's round trip: growth stops
     /// at this × the least measured RTT (see `Session::stream_set_window_rate`).
     pub window_rate: Option<u32>,
+    /// The stream's share of a shared window budget: growth beyond the initial window is
+    /// taken from it and given back as withheld credit is paid off (see `credit`).
+    pub budget: Option<BudgetShare>,
     /// Bytes read by the application but not yet returned to the peer as window.
     pub unacked_read: u32,
     /// Credit still to withhold after the window shrank: read bytes are not returned to
@@ -122,6 +126,10 @@ impl Stream {
     pub fn credit(&mut self, n: u32, threshold: u32) -> bool {
         let withheld = self.window_debt.min(n);
         self.window_debt -= withheld;
+        if let Some(b) = self.budget.as_mut() {
+            // The peer can no longer send these bytes: the window really shrank.
+            b.shrink(withheld);
+        }
         self.unacked_read = self.unacked_read.saturating_add(n - withheld);
         if self.remote_fin || self.unacked_read < threshold {
             return false;
@@ -141,5 +149,7 @@ impl Stream {
         self.pending_window_update = 0;
         self.pending_flags = Flags::NONE;
         self.awaiting_ack = false;
+        // Its buffers are gone: give the budget back now, not when the stream is forgotten.
+        self.budget = None;
     }
 }

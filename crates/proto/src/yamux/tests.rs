@@ -929,7 +929,7 @@ fn stream_with_reader(
 }
 
 /// [`stream_with_reader`], with the server's stream window sized for `rate` bytes per second
-/// ([`Session::stream_set_window_rate`]) when given.
+/// ([`StreamLimits::window_rate`]) when given.
 fn stream_with_reader_rate(
     total: usize,
     step: Duration,
@@ -937,6 +937,27 @@ fn stream_with_reader_rate(
     write_step: usize,
     read_step: usize,
     rate: Option<u32>,
+) -> u64 {
+    let limits = rate.map(rate_limits);
+    stream_with_reader_limits(total, step, max_window, write_step, read_step, limits)
+}
+
+/// Limits that size a stream's window for `rate` bytes per second.
+fn rate_limits(rate: u32) -> StreamLimits {
+    StreamLimits {
+        window_rate: Some(rate),
+        ..StreamLimits::default()
+    }
+}
+
+/// [`stream_with_reader`], with `limits` on the server's stream.
+fn stream_with_reader_limits(
+    total: usize,
+    step: Duration,
+    max_window: u32,
+    write_step: usize,
+    read_step: usize,
+    mut limits: Option<StreamLimits>,
 ) -> u64 {
     let cfg = Config {
         max_receive_window: max_window,
@@ -958,9 +979,9 @@ fn stream_with_reader_rate(
             fed += p.c.stream_write(id, &data[fed..end]).unwrap_or(0);
         }
         transfer(&mut p.c, &mut p.s, usize::MAX, 1 << 20, p.now);
-        if let Some(rate) = rate {
-            // Known to the server from the first exchange on (setting it again is harmless).
-            p.s.stream_set_window_rate(id, rate);
+        if let Some(l) = limits.take() {
+            // Known to the server from the first exchange on.
+            p.s.stream_set_limits(id, l);
         }
         if let Ok(n) = p.s.stream_read(id, &mut buf) {
             got += n;
@@ -1085,8 +1106,10 @@ fn window_rate_sizes_the_window_to_the_measured_round_trip() {
 }
 
 /// A stream that is read fast (the window grows), then slowly (16 KiB per 10 ms exchange):
-/// returns the bytes left buffered at the reader at the end of the slow phase.
-fn buffered_after_slowdown(rate: Option<u32>) -> usize {
+/// returns the bytes left buffered at the reader at the end of the slow phase, and what the
+/// stream still holds of the window budget in `limits`, if any.
+fn buffered_after_slowdown(mut limits: Option<StreamLimits>) -> (usize, Option<u64>) {
+    let budget = limits.as_ref().and_then(|l| l.window_budget.clone());
     let server = Config {
         max_receive_window: 4 << 20,
         ..Config::default()
@@ -1103,8 +1126,8 @@ fn buffered_after_slowdown(rate: Option<u32>) -> usize {
     for i in 0..400 {
         fed += p.c.stream_write(id, &data[fed..]).unwrap_or(0);
         transfer(&mut p.c, &mut p.s, usize::MAX, 1 << 22, p.now);
-        if let Some(rate) = rate {
-            p.s.stream_set_window_rate(id, rate);
+        if let Some(l) = limits.take() {
+            p.s.stream_set_limits(id, l);
         }
         let want = if i < 12 { buf.len() } else { 16 * 1024 };
         if let Ok(n) = p.s.stream_read(id, &mut buf[..want]) {
@@ -1115,19 +1138,93 @@ fn buffered_after_slowdown(rate: Option<u32>) -> usize {
         p.c.handle_input(&out, p.now).unwrap();
         p.now += Duration::from_millis(10);
     }
-    fed - p.c.stream_send_buffered(id) - got
+    let buffered = fed - p.c.stream_send_buffered(id) - got;
+    (buffered, budget.map(|b| b.in_use()))
 }
 
 #[test]
 fn rate_sized_window_shrinks_back_while_its_reader_lags() {
     // Control: a plain window grown while the reader was fast stays grown, and a slow
     // reader then keeps all of it filled.
-    let plain = buffered_after_slowdown(None);
+    let (plain, _) = buffered_after_slowdown(None);
     assert!(plain > 2 << 20, "control did not grow: {plain}");
     // Rate-sized (64 MiB/s over the 10 ms round trip: 671 088 bytes): halved per window
     // read while the reader lags, back to the initial 256 KiB.
-    let sized = buffered_after_slowdown(Some(64 << 20));
+    let (sized, _) = buffered_after_slowdown(Some(rate_limits(64 << 20)));
     assert!(sized <= 256 * 1024, "still holding {sized} bytes");
+    // The growth it took from a budget is given back as the window shrinks, while the
+    // stream is still open.
+    let budget = WindowBudget::new(64 << 20);
+    let (sized, held) = buffered_after_slowdown(Some(StreamLimits {
+        window_budget: Some(budget.clone()),
+        ..rate_limits(64 << 20)
+    }));
+    assert!(sized <= 256 * 1024, "still holding {sized} bytes");
+    assert_eq!(held, Some(0), "budget not given back");
+    assert_eq!(budget.refused(), 0);
+}
+
+#[test]
+fn window_budget_bounds_growth_and_is_given_back() {
+    let total = 16 << 20;
+    let ms10 = Duration::from_millis(10);
+    let with_budget = |b: &WindowBudget| StreamLimits {
+        window_budget: Some(b.clone()),
+        ..rate_limits(1 << 30)
+    };
+    // Control: 1 GiB/s over a 10 ms round trip wants 10 MiB of window; 4 MiB is the cap.
+    let run = |limits| stream_with_reader_limits(total, ms10, 4 << 20, usize::MAX, 1 << 24, limits);
+    let deltas = run(Some(rate_limits(1 << 30)));
+    assert!(
+        deltas > total as u64 + (2 << 20),
+        "control did not grow: {deltas}"
+    );
+    // A 1 MiB budget: the window grows, by at most that much.
+    let budget = WindowBudget::new(1 << 20);
+    let deltas = run(Some(with_budget(&budget)));
+    assert!(deltas > total as u64, "did not grow at all: {deltas}");
+    assert!(
+        deltas <= total as u64 + (1 << 20),
+        "grew past the budget: {deltas}"
+    );
+    assert_eq!(
+        budget.in_use(),
+        0,
+        "the session is gone, yet budget is held"
+    );
+    // Another stream holds the whole budget: no growth at all, and the refusal is counted.
+    let mut other = budget::BudgetShare::new(budget.clone());
+    assert_eq!(other.grow(1 << 20), 1 << 20);
+    let refused = budget.refused();
+    let deltas = run(Some(with_budget(&budget)));
+    assert!(deltas <= total as u64, "grew without budget: {deltas}");
+    assert!(budget.refused() > refused);
+    drop(other);
+    assert_eq!(budget.in_use(), 0);
+    // A reset stream gives its share back at once (its buffers are gone).
+    let client = Config {
+        max_send_buffer: 32 << 20,
+        ..Config::default()
+    };
+    let mut p = Pair::with_configs(usize::MAX, client, Config::default());
+    let id = p.c.open_stream().unwrap();
+    let data = vec![7u8; 32 << 20];
+    let mut buf = vec![0u8; 1 << 24];
+    let mut fed = 0;
+    for i in 0..50 {
+        fed += p.c.stream_write(id, &data[fed..]).unwrap_or(0);
+        transfer(&mut p.c, &mut p.s, usize::MAX, 1 << 20, p.now);
+        if i == 0 {
+            p.s.stream_set_limits(id, with_budget(&budget));
+        }
+        while matches!(p.s.stream_read(id, &mut buf), Ok(n) if n > 0) {}
+        transfer(&mut p.s, &mut p.c, usize::MAX, 1 << 20, p.now);
+        p.now += ms10;
+    }
+    assert!(budget.in_use() > 0, "the window never grew");
+    p.c.stream_reset(id);
+    p.pump();
+    assert_eq!(budget.in_use(), 0, "reset stream still holds budget");
 }
 
 #[test]
@@ -1135,7 +1232,13 @@ fn per_stream_send_buffer_cap_blocks_writes_beyond_it() {
     let mut p = Pair::new(usize::MAX);
     let id = p.c.open_stream().unwrap();
     let other = p.c.open_stream().unwrap();
-    p.c.stream_set_max_send_buffer(id, 10_000);
+    p.c.stream_set_limits(
+        id,
+        StreamLimits {
+            max_send_buffer: Some(10_000),
+            ..StreamLimits::default()
+        },
+    );
     let data = vec![1u8; 1 << 20];
     // Nothing transmitted yet: the buffer takes up to the cap, then blocks.
     assert_eq!(p.c.stream_write(id, &data).unwrap(), 10_000);
@@ -1160,7 +1263,13 @@ fn per_stream_window_cap_bounds_growth() {
     let id = p.c.open_stream().unwrap();
     p.c.stream_write(id, b"x").unwrap();
     p.pump();
-    p.s.stream_set_max_window(id, 512 * 1024);
+    p.s.stream_set_limits(
+        id,
+        StreamLimits {
+            max_window: Some(512 * 1024),
+            ..StreamLimits::default()
+        },
+    );
     let data = vec![3u8; 8 << 20];
     let (mut fed, mut got, mut deltas) = (0, 1, 0u64);
     let mut buf = vec![0u8; 1 << 20];

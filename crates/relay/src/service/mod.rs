@@ -8,13 +8,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use circuit_net::framed;
 use circuit_net::{Connection, IncomingStream, Node, NodeEvent, Stream};
 use circuit_proto::relay::{self as core, HopRequest, HOP_PROTOCOL, STOP_PROTOCOL};
+use circuit_proto::yamux::WindowBudget;
 use circuit_wire::pb::relay::{HopMessage, Status, StopMessage};
 use circuit_wire::record::Voucher;
 use libp2p_identity::PeerId;
 use multiaddr::{Multiaddr, Protocol};
 use tokio::io::AsyncWriteExt;
 
-use crate::bridge::{bridge_counted, BridgeEnd};
+use crate::bridge::{bridge_counted, relayed_stream_limits, BridgeEnd};
 use crate::config::RelayConfig;
 use crate::metrics::{RelayMetrics, Request};
 use crate::table::{ReservationTable, TableError};
@@ -44,6 +45,8 @@ struct Inner {
     table: Mutex<ReservationTable>,
     stats: RelayStats,
     metrics: RelayMetrics,
+    /// Shared by every relayed stream: bounds their windows' growth together.
+    window_budget: WindowBudget,
 }
 
 /// A running relay service. Cheap to clone.
@@ -73,10 +76,11 @@ impl Relay {
         let relay = Relay {
             inner: Arc::new(Inner {
                 node: node.clone(),
-                config: RwLock::new(config),
                 table: Mutex::new(ReservationTable::default()),
                 stats: RelayStats::default(),
                 metrics: RelayMetrics::new(),
+                window_budget: WindowBudget::new(config.window_budget),
+                config: RwLock::new(config),
             }),
         };
         relay.inner.metrics.set_status(true);
@@ -155,12 +159,19 @@ impl Relay {
 
     /// Replaces limits and timeouts; open circuits keep theirs.
     pub fn set_config(&self, config: RelayConfig) {
+        self.inner.window_budget.set_limit(config.window_budget);
         *self.inner.config.write().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
     /// Counters.
     pub fn stats(&self) -> &RelayStats {
         &self.inner.stats
+    }
+
+    /// The budget every relayed stream's window growth is taken from
+    /// ([`RelayConfig::window_budget`]): what is granted now, and how often it ran out.
+    pub fn window_budget(&self) -> &WindowBudget {
+        &self.inner.window_budget
     }
 
     /// The metrics; add them to a registry with [`RelayMetrics::register`].
@@ -181,6 +192,9 @@ impl Relay {
             .metrics
             .sync_connections(conns.iter().map(|c| c.info()));
         self.inner.metrics.sync_process();
+        self.inner
+            .metrics
+            .sync_window_budget(&self.inner.window_budget);
     }
 
     /// Live reservations.
@@ -509,6 +523,9 @@ impl Relay {
             .circuits_opened
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(%src, %target, limit = ?cfg.limit, "circuit open");
+        let limits = relayed_stream_limits(&self.inner.window_budget);
+        src_stream.set_limits(limits.clone());
+        dst_stream.set_limits(limits);
         let started = Instant::now();
         let m = &self.inner.metrics;
         let total = &self.inner.stats.bytes_relayed;
