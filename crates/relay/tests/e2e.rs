@@ -96,7 +96,28 @@ async fn bounded_perf_server_refuses_too_large_and_too_many() {
     // ... and served again once it is done.
     tokio::time::sleep(Duration::from_millis(100)).await;
     perf::run(&b, &conn, 0, 1).await.unwrap();
+    // A client that uploads part and resets: failed, with what did arrive counted.
+    let mut gone = b.open_stream(&conn, perf::PROTOCOL).await.unwrap();
+    gone.write_all(&0u64.to_be_bytes()).await.unwrap();
+    gone.write_all(&vec![7u8; 300_000]).await.unwrap();
+    gone.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gone.reset();
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let outcomes = seen.lock().unwrap().clone();
+    assert_eq!(
+        outcomes.last(),
+        Some(&perf::Outcome::Failed {
+            received: 300_000,
+            sent: 0
+        })
+    );
+    // The refused upload counts what it got: past the bound.
+    assert!(
+        matches!(outcomes[2], perf::Outcome::TooLarge { received } if received > 1 << 20),
+        "{:?}",
+        outcomes[2]
+    );
     let labels: Vec<&str> = seen.lock().unwrap().iter().map(|o| o.label()).collect();
     assert_eq!(
         labels,
@@ -106,7 +127,8 @@ async fn bounded_perf_server_refuses_too_large_and_too_many() {
             "too_large",
             "busy",
             "served",
-            "served"
+            "served",
+            "failed"
         ],
         "{:?}",
         seen.lock().unwrap()

@@ -19,21 +19,25 @@ pub const PROTOCOL: &str = "/perf/1.0.0";
 /// Size of the chunks perf sends.
 const CHUNK: usize = 64 * 1024;
 
-/// Reads the stream to its end and counts the bytes, taking the buffered chunks whole
-/// (nothing is copied out of them); `on_first` runs when the first byte arrives. More than
-/// `max` bytes is an error (`InvalidData`).
-async fn drain(s: &mut Stream, max: u64, mut on_first: impl FnMut()) -> io::Result<u64> {
-    let mut got = 0u64;
+/// Reads the stream to its end, counting the bytes in `got` (also what came before an
+/// error), taking the buffered chunks whole (nothing is copied out of them); `on_first`
+/// runs when the first byte arrives. More than `max` bytes is an error (`InvalidData`).
+async fn drain(
+    s: &mut Stream,
+    max: u64,
+    got: &mut u64,
+    mut on_first: impl FnMut(),
+) -> io::Result<()> {
     loop {
         let chunk = poll_fn(|cx| s.poll_read_chunk(cx, usize::MAX)).await?;
         if chunk.is_empty() {
-            return Ok(got);
+            return Ok(());
         }
-        if got == 0 {
+        if *got == 0 {
             on_first();
         }
-        got += chunk.len() as u64;
-        if got > max {
+        *got += chunk.len() as u64;
+        if *got > max {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("more than {max} bytes uploaded"),
@@ -198,18 +202,12 @@ async fn answer(s: &mut Stream, max: u64) -> Outcome {
     if want > max {
         return Outcome::TooLarge { received: 0 };
     }
-    let received = match drain(s, max, || {}).await {
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-            return Outcome::TooLarge { received: max }
-        }
-        Err(_) => {
-            return Outcome::Failed {
-                received: 0,
-                sent: 0,
-            }
-        }
-    };
+    let mut received = 0;
+    match drain(s, max, &mut received, || {}).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => return Outcome::TooLarge { received },
+        Err(_) => return Outcome::Failed { received, sent: 0 },
+    }
     if send_zeros(s, want).await.is_err() || s.shutdown().await.is_err() {
         return Outcome::Failed { received, sent: 0 };
     }
@@ -251,7 +249,11 @@ pub async fn run(
     let upload_time = start.elapsed();
     let dl_start = Instant::now();
     let mut ttfb = None;
-    let got = drain(&mut s, u64::MAX, || ttfb = Some(dl_start.elapsed())).await?;
+    let mut got = 0;
+    drain(&mut s, u64::MAX, &mut got, || {
+        ttfb = Some(dl_start.elapsed())
+    })
+    .await?;
     if got != download {
         return Err(DialError::Io(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
