@@ -103,6 +103,51 @@ struct Args {
     /// Exit with status 1 if any workload failed (not for slowness: only errors).
     #[arg(long)]
     strict: bool,
+    /// Run even if target/release/circuit is older than the sources (it measures the
+    /// code as it was when last built).
+    #[arg(long)]
+    allow_stale: bool,
+}
+
+/// The newest `.rs`, `Cargo.toml` or `Cargo.lock` in or under `dirs` that is newer than
+/// `bin`.
+fn newer_source(bin: &std::path::Path, dirs: &[PathBuf]) -> Option<PathBuf> {
+    fn walk(
+        dir: &std::path::Path,
+        since: std::time::SystemTime,
+        best: &mut Option<(std::time::SystemTime, PathBuf)>,
+    ) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let name = e.file_name();
+            if p.is_dir() {
+                if name != "target" && name != "node_modules" {
+                    walk(&p, since, best);
+                }
+                continue;
+            }
+            let source = p.extension().is_some_and(|x| x == "rs")
+                || name == "Cargo.toml"
+                || name == "Cargo.lock";
+            if let (true, Ok(m)) = (source, e.metadata().and_then(|m| m.modified())) {
+                if m > since && best.as_ref().is_none_or(|(t, _)| m > *t) {
+                    *best = Some((m, p));
+                }
+            }
+        }
+    }
+    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok()?;
+    let mut best = None;
+    for d in dirs {
+        match std::fs::metadata(d).and_then(|m| m.modified()) {
+            Ok(m) if d.is_file() && m > built => best = Some((m, d.clone())),
+            _ => walk(d, built, &mut best),
+        }
+    }
+    best.map(|(_, p)| p)
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -218,6 +263,27 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     };
     if let Err(e) = progs.available(Kind::Ours) {
         anyhow::bail!("{e}: build it with `cargo build --release -p circuit-cli`");
+    }
+    // What the binary is built from (not the crates' tests, which cargo does not rebuild
+    // it for).
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(root.join("crates"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("src"))
+        .collect();
+    sources.push(root.join("Cargo.lock"));
+    if let Some(newer) = newer_source(&progs.circuit, &sources) {
+        let msg = format!(
+            "{} is older than {}: the results would be those of the code as last built; \
+             run `cargo build --release -p circuit-cli` first",
+            progs.circuit.display(),
+            newer.display()
+        );
+        if !args.allow_stale {
+            anyhow::bail!("{msg} (or pass --allow-stale)");
+        }
+        log(format!("warning: {msg}"));
     }
     let mut report = Report::new(cfg.clone());
     let mut kinds = Vec::new();

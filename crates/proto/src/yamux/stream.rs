@@ -22,7 +22,7 @@ pub(crate) struct Stream {
     /// Per-stream cap on `send_buf` (else `Config::max_send_buffer`).
     pub max_send_buffer: Option<usize>,
     /// Bytes per second the window is to cover over the session's round trip: growth stops
-    /// at this × the least measured RTT (see `Session::stream_set_window_rate`).
+    /// at this × the least measured RTT (see `StreamLimits::window_rate`).
     pub window_rate: Option<u32>,
     /// The stream's share of a shared window budget: growth beyond the initial window is
     /// taken from it and given back as withheld credit is paid off (see `credit`).

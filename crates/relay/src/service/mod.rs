@@ -157,7 +157,8 @@ impl Relay {
             .clone()
     }
 
-    /// Replaces limits and timeouts; open circuits keep theirs.
+    /// Replaces limits and timeouts; open circuits keep theirs (but the window budget's new
+    /// limit applies to their growth from now on).
     pub fn set_config(&self, config: RelayConfig) {
         self.inner.window_budget.set_limit(config.window_budget);
         *self.inner.config.write().unwrap_or_else(|e| e.into_inner()) = config;
