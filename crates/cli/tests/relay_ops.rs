@@ -23,14 +23,10 @@ struct Relay {
 
 /// Starts `circuit --json relay` on loopback with a metrics endpoint on a free port.
 fn relay(extra: &[&str]) -> Relay {
-    let mut args = vec![
-        "--json",
-        "relay",
-        "--metrics",
-        "127.0.0.1:0",
-        "--status-interval",
-        "0",
-    ];
+    let mut args = vec!["--json", "relay", "--metrics", "127.0.0.1:0"];
+    if !extra.contains(&"--status-interval") {
+        args.extend_from_slice(&["--status-interval", "0"]);
+    }
     args.extend_from_slice(extra);
     if !extra.contains(&"--listen") && !extra.contains(&"--config") {
         args.extend_from_slice(&["--listen", "/ip4/127.0.0.1/tcp/0"]);
@@ -215,6 +211,30 @@ fn dashboard_metric_names(json: &str) -> Vec<String> {
         }
     }
     names
+}
+
+#[test]
+fn status_line_reports_reservations_circuits_and_window_budget() {
+    let mut r = relay(&["--status-interval", "1"]);
+    let (_l, circuit_addr) = listener(&r.tcp);
+    let mut dial = Dial::open(&circuit_addr);
+    dial.echo(b"through the relay\n");
+    let line = r.proc.expect_with(
+        "a status line with the reservation and the circuit",
+        true,
+        T,
+        |l| {
+            l.contains("\"status\"")
+                && l.contains("\"circuits\":1")
+                && l.contains("\"reservations\":1")
+        },
+    );
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let f = &v["fields"];
+    assert!(f["connections"].as_u64().unwrap() >= 2, "{line}");
+    assert!(f["bytes_relayed"].as_u64().unwrap() >= 2 * 18, "{line}");
+    // Loopback: the relayed windows never grow, so none of the budget is in use.
+    assert_eq!(f["window_budget_used"].as_u64(), Some(0), "{line}");
 }
 
 #[test]

@@ -373,6 +373,7 @@ pub async fn run(a: Args, out: Output) -> anyhow::Result<ExitCode> {
                 circuits_opened = s.circuits_opened.load(Ordering::Relaxed),
                 circuits_refused = s.circuits_refused.load(Ordering::Relaxed),
                 bytes_relayed = s.bytes_relayed.load(Ordering::Relaxed),
+                window_budget_used = relay.window_budget().in_use(),
                 "status"
             );
         }
