@@ -64,9 +64,13 @@ impl WindowBudget {
         self.0.refused.load(Ordering::Relaxed)
     }
 
-    /// Takes up to `want` bytes; returns how many were granted.
+    /// Takes up to `want` bytes; returns how many were granted. A budget of 0 means no
+    /// growth at all, by choice: nothing is counted or logged as refused.
     pub(crate) fn take(&self, want: u32) -> u32 {
         let limit = self.limit();
+        if limit == 0 {
+            return 0;
+        }
         let granted = self
             .0
             .in_use
@@ -191,6 +195,14 @@ mod tests {
         drop(y);
         drop(x);
         assert_eq!(b.in_use(), 0, "dropping a share gives back what it held");
+    }
+
+    #[test]
+    fn a_zero_budget_grants_nothing_and_counts_no_refusal() {
+        let b = WindowBudget::new(0);
+        let mut x = BudgetShare::new(b.clone());
+        assert_eq!(x.grow(4096), 0);
+        assert_eq!((b.in_use(), b.refused()), (0, 0));
     }
 
     #[test]
