@@ -25,6 +25,7 @@ pub mod transport;
 pub mod upgrade;
 pub mod web;
 
+pub use circuit_proto::yamux::{StreamLimits, WindowBudget};
 pub use connection::{Connection, ConnectionInfo, Direction, Stream};
 pub use libp2p_identity::{Keypair, PeerId};
 pub use multiaddr::Multiaddr;
