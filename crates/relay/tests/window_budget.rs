@@ -11,23 +11,18 @@ use std::time::{Duration, Instant};
 
 use circuit_net::protocols::perf;
 use circuit_net::relay_client;
-use circuit_net::{Keypair, Multiaddr, Node, NodeConfig};
+use circuit_net::Multiaddr;
 use circuit_proto::relay::Limit;
 use circuit_relay::{Relay, RelayConfig};
 use multiaddr::Protocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+mod common;
+use common::{node, relay};
+
 const ONE_WAY: Duration = Duration::from_millis(20);
 const INITIAL_WINDOW: u64 = 256 * 1024;
-
-async fn node(listen: &[&str]) -> Node {
-    let mut b = Node::builder(Keypair::generate_ed25519()).config(NodeConfig::default());
-    for l in listen {
-        b = b.listen_on(l.parse().unwrap());
-    }
-    b.build().await.unwrap()
-}
 
 /// Copies `from` to `to`, each chunk `delay` after it was read (a delay line: order kept,
 /// at most 256 chunks of 64 KiB in flight).
@@ -106,23 +101,17 @@ struct Run {
 /// Uploads `bytes` from a dialer 20 ms (one way) from the relay to a listener next to it,
 /// sampling the relay's window budget meanwhile; returns once the circuit is closed.
 async fn upload_through_long_hop(window_budget: u64, bytes: u64) -> Run {
-    let relay_node = node(&["/ip4/127.0.0.1/tcp/0"]).await;
-    let relay = Relay::start(
-        &relay_node,
-        RelayConfig {
-            limit: Limit::UNLIMITED,
-            window_budget,
-            ..RelayConfig::default()
-        },
-    );
-    let relay_addr = relay_node.listen_addrs()[0].clone();
+    let (relay_node, relay, relay_addr) = relay(RelayConfig {
+        limit: Limit::UNLIMITED,
+        window_budget,
+        ..RelayConfig::default()
+    })
+    .await;
     let proxy = delay_proxy(tcp_socket(&relay_addr), ONE_WAY).await;
 
     let listener = node(&[]).await;
     perf::enable(&listener);
-    let r = relay_client::reserve(&listener, &relay_node.full_addr(&relay_addr))
-        .await
-        .unwrap();
+    let r = relay_client::reserve(&listener, &relay_addr).await.unwrap();
     assert!(r.granted.limit == Limit::UNLIMITED);
 
     let dialer = node(&[]).await;
